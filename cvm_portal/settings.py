@@ -1,0 +1,191 @@
+"""Settings for the CVM portal, read from the environment (see README, "Configuration").
+
+Everything that differs between a laptop and production comes from an environment variable. Secrets
+have no defaults: `make run` generates them into `var/` for the local portal, and with DEBUG off a
+missing secret stops the process at start-up with a message naming the variable.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+env = environ.Env()
+
+DEBUG = env.bool("DEBUG", default=False)
+
+
+def _required_secret(name: str, *, min_length: int) -> str:
+    value = env.str(name, default="")
+    if not value:
+        if DEBUG:
+            # A throwaway value keeps `DEBUG=1 manage.py shell` usable; nothing signed with it survives.
+            return f"insecure-debug-only-{name}"
+        raise ImproperlyConfigured(f"{name} must be set when DEBUG is off")
+    if len(value) < min_length:
+        raise ImproperlyConfigured(f"{name} must be at least {min_length} characters long")
+    return value
+
+
+SECRET_KEY = _required_secret("SECRET_KEY", min_length=32)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
+if not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("ALLOWED_HOSTS must name at least one host")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "provisioning",
+]
+
+MIDDLEWARE = [
+    "provisioning.middleware.RequestLogMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "provisioning.middleware.ApiGuardMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "cvm_portal.urls"
+WSGI_APPLICATION = "cvm_portal.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'cvm.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # IMMEDIATE makes every transaction take the write lock up front, so two writers queue instead of
+    # failing with "database is locked" when a reader upgrades; WAL lets readers run beside a writer.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"transaction_mode": "IMMEDIATE", "timeout": 30, "init_command": "PRAGMA journal_mode=WAL;"}
+    )
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+WHITENOISE_USE_FINDERS = env.bool("WHITENOISE_USE_FINDERS", default=DEBUG)
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Security: TLS is assumed everywhere (the portal is served over HTTPS, directly or behind a proxy).
+CVM_TRUSTED_PROXIES = env.int("CVM_TRUSTED_PROXIES", default=0)
+if CVM_TRUSTED_PROXIES < 0:
+    raise ImproperlyConfigured("CVM_TRUSTED_PROXIES must be 0 or more")
+if CVM_TRUSTED_PROXIES:
+    # Only a proxy we trust may tell us the original scheme; without one the header is ignored.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SESSION_COOKIE_SECURE = not DEBUG
+CSRF_COOKIE_SECURE = not DEBUG
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", default=8 * 3600)
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# --- REST API
+REST_FRAMEWORK = {
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "UNAUTHENTICATED_USER": None,
+    "EXCEPTION_HANDLER": "provisioning.apis.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "CVM portal device API",
+    "DESCRIPTION": "Certificate vending for AWS IoT Core: a device trades its serial and one-time token "
+    "for an X.509 certificate.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- Tokens
+CVM_TOKEN_HMAC_KEY = _required_secret("CVM_TOKEN_HMAC_KEY", min_length=32)
+# Older keys still accepted when checking a token, so the key can rotate without reflashing devices.
+CVM_TOKEN_HMAC_KEY_FALLBACKS = env.list("CVM_TOKEN_HMAC_KEY_FALLBACKS", default=[])
+CVM_TOKEN_TTL_DAYS = env.int("CVM_TOKEN_TTL_DAYS", default=90)
+if CVM_TOKEN_TTL_DAYS < 1:
+    raise ImproperlyConfigured("CVM_TOKEN_TTL_DAYS must be 1 or more")
+
+# --- Device API limits
+CVM_MAX_BODY_BYTES = 64 * 1024
+CVM_FAILED_TOKENS_PER_SERIAL = env.int("CVM_FAILED_TOKENS_PER_SERIAL", default=10)
+CVM_FAILED_TOKENS_PER_ADDRESS = env.int("CVM_FAILED_TOKENS_PER_ADDRESS", default=100)
+CVM_REQUESTS_PER_ADDRESS = env.int("CVM_REQUESTS_PER_ADDRESS", default=6000)
+CVM_REQUIRE_CSR = env.bool("CVM_REQUIRE_CSR", default=False)
+# A claim older than this is taken to belong to a process that died mid-issuance and is recovered.
+CVM_CLAIM_TIMEOUT_SECONDS = env.int("CVM_CLAIM_TIMEOUT_SECONDS", default=120)
+
+# --- AWS
+CVM_THING_NAME_PREFIX = env.str("CVM_THING_NAME_PREFIX", default="")
+CVM_IOT_POLICY_NAME = env.str("CVM_IOT_POLICY_NAME", default="cvm-device-policy")
+CVM_DYNAMODB_TABLE = env.str("CVM_DYNAMODB_TABLE", default="cvm-device-association")
+CVM_AWS_CONNECT_TIMEOUT = env.float("CVM_AWS_CONNECT_TIMEOUT", default=3.0)
+CVM_AWS_READ_TIMEOUT = env.float("CVM_AWS_READ_TIMEOUT", default=10.0)
+CVM_AWS_MAX_ATTEMPTS = env.int("CVM_AWS_MAX_ATTEMPTS", default=3)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "provisioning.logs.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        # Django logs the request line on 4xx/5xx; our own request log replaces it without the query.
+        "django.request": {"level": "ERROR"},
+        "django.server": {"level": "ERROR"},
+        "botocore": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,140 @@
+"""The device API: thin views that validate, call one service and map its outcome to a status."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import DatabaseError, connection
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.exceptions import APIException
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
+from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from .middleware import client_address
+from .serializers import DetailSerializer, HealthSerializer, VendInputSerializer, VendOutputSerializer
+from .services import VendRefused, VendRetryLater, certificate_vend
+
+logger = logging.getLogger(__name__)
+
+GENERIC_REFUSAL = "invalid serial or token"
+DATABASE_RETRY_AFTER = 5
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's handler, plus: a database outage is a 503 and any other failure a bare JSON 500."""
+    response = drf_exception_handler(exc, context)
+    if response is not None:
+        return response
+    if isinstance(exc, DatabaseError):
+        logger.error("database unavailable", exc_info=exc)
+        return Response(
+            {"detail": "service temporarily unavailable; retry later"},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
+        )
+    logger.error("unhandled error", exc_info=exc)
+    return Response({"detail": "internal error"}, status=status.HTTP_500_INTERNAL_SERVER_ERROR)
+
+
+class AddressRateThrottle(BaseThrottle):
+    """At most CVM_REQUESTS_PER_ADDRESS requests a minute from one client address.
+
+    A fixed-window counter in the shared cache: one increment per request, the same for all workers and
+    instances when CACHE_URL names Redis.
+    """
+
+    window = 60
+
+    def allow_request(self, request: Request, view: APIView) -> bool:
+        now = time.time()
+        key = f"cvm:rate:{client_address(request._request)}:{int(now // self.window)}"
+        cache.add(key, 0, timeout=self.window * 2)
+        try:
+            count = cache.incr(key)
+        except ValueError:  # evicted between add and incr
+            cache.set(key, 1, timeout=self.window * 2)
+            count = 1
+        self._wait = self.window - (now % self.window)
+        return count <= settings.CVM_REQUESTS_PER_ADDRESS
+
+    def wait(self) -> float:
+        return self._wait
+
+
+def _retry_later(exc: VendRetryLater) -> Response:
+    return Response({"detail": exc.detail}, status=exc.status, headers={"Retry-After": str(exc.retry_after)})
+
+
+class CertificateVendApi(APIView):
+    throttle_classes = [AddressRateThrottle]
+
+    @extend_schema(
+        operation_id="vend_certificate",
+        summary="Trade a serial and one-time token for an AWS IoT certificate",
+        request=VendInputSerializer,
+        responses={
+            201: VendOutputSerializer,
+            400: OpenApiResponse(description="malformed request: {field: [message, ...]}"),
+            403: OpenApiResponse(DetailSerializer, description="invalid serial or token"),
+            409: OpenApiResponse(DetailSerializer, description="another request for this device is being served"),
+            413: OpenApiResponse(DetailSerializer, description="body over 64 KiB"),
+            415: OpenApiResponse(DetailSerializer, description="body is not JSON"),
+            429: OpenApiResponse(DetailSerializer, description="too many requests or failed tokens"),
+            503: OpenApiResponse(DetailSerializer, description="AWS unavailable; nothing issued, token still valid"),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        serializer = VendInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        request._request.cvm_serial = data["serial"]
+        try:
+            result = certificate_vend(
+                serial=data["serial"],
+                token=data["token"],
+                csr=data["validated_csr"],
+                client_address=client_address(request._request),
+            )
+        except VendRefused as exc:
+            request._request.cvm_outcome = f"refused:{exc.reason}"
+            return Response({"detail": GENERIC_REFUSAL}, status=status.HTTP_403_FORBIDDEN)
+        except VendRetryLater as exc:
+            request._request.cvm_outcome = f"retry_later:{exc.status}"
+            return _retry_later(exc)
+        request._request.cvm_outcome = "issued"
+        body = {
+            "serial": result.serial,
+            "thing_name": result.thing_name,
+            "certificate_id": result.certificate_id,
+            "certificate_arn": result.certificate_arn,
+            "certificate_pem": result.certificate_pem,
+            "iot_endpoint": result.iot_endpoint,
+            "root_ca_pem": result.root_ca_pem,
+        }
+        if result.private_key_pem is not None:
+            body["private_key_pem"] = result.private_key_pem
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, APIException):
+            self.request._request.cvm_outcome = f"rejected:{type(exc).__name__}"
+        return super().handle_exception(exc)
+
+
+class HealthApi(APIView):
+    @extend_schema(operation_id="health", responses={200: HealthSerializer, 503: HealthSerializer})
+    def get(self, request: Request) -> Response:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except DatabaseError:
+            return Response({"status": "unavailable"}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return Response({"status": "ok"})

@@ -1,0 +1,456 @@
+"""The AWS boundary: the only module that imports boto3.
+
+It exposes a few functions that return dataclasses and turns every botocore error into one of two
+domain exceptions: `AwsUnavailable` (transient: throttling, timeouts, outages; worth retrying later)
+and `AwsRejected` (AWS said no for good). Nothing outside this module sees a boto3 dict.
+
+IAM actions the portal needs:
+    iot:CreateThing, iot:UpdateThing, iot:DescribeThing, iot:ListThingPrincipals,
+    iot:CreateKeysAndCertificate, iot:CreateCertificateFromCsr, iot:DescribeCertificate,
+    iot:UpdateCertificate, iot:DeleteCertificate, iot:ListPrincipalThings,
+    iot:AttachPolicy, iot:DetachPolicy, iot:AttachThingPrincipal, iot:DetachThingPrincipal,
+    iot:DescribeEndpoint, iot:GetPolicy, iot:CreatePolicy (bootstrap_aws only),
+    dynamodb:PutItem, dynamodb:DeleteItem, dynamodb:Scan, dynamodb:GetItem,
+    dynamodb:DescribeTable, dynamodb:CreateTable (bootstrap_aws only)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import boto3
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Errors that mean "not now": worth a retry later, answered to devices as 503.
+TRANSIENT_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "ServiceUnavailableException",
+        "ServiceUnavailable",
+        "InternalFailureException",
+        "InternalServerError",
+        "InternalFailure",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+# botocore's standard mode retries these as throttling, but in AWS IoT they mean a hard account limit
+# (e.g. too many certificates): retrying only burns the control-plane quota, so they fail at once.
+NOT_RETRIED_CODES = frozenset({"LimitExceededException"})
+THROTTLE_RETRY_AFTER = 5
+OUTAGE_RETRY_AFTER = 15
+
+
+class AwsError(Exception):
+    """Base of the two domain errors; `code` is AWS's error code or a short name of the failure."""
+
+    def __init__(self, code: str, operation: str, retry_after: int = OUTAGE_RETRY_AFTER) -> None:
+        super().__init__(f"{operation}: {code}")
+        self.code = code
+        self.operation = operation
+        self.retry_after = retry_after
+
+
+class AwsUnavailable(AwsError):
+    """AWS could not be reached, timed out or throttled us after the retries botocore made."""
+
+
+class AwsRejected(AwsError):
+    """AWS refused the request for a reason a retry will not change."""
+
+
+def _translate(operation: str, exc: Exception) -> AwsError:
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "Unknown")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in TRANSIENT_CODES or "Throttl" in code:
+            return AwsUnavailable(code, operation, THROTTLE_RETRY_AFTER)
+        if status >= 500:
+            return AwsUnavailable(code, operation)
+        return AwsRejected(code, operation)
+    # Connection errors, timeouts and anything else botocore raises: AWS could not be reached.
+    return AwsUnavailable(type(exc).__name__, operation)
+
+
+def _call(operation: str, fn: Callable[..., T], /, **kwargs: Any) -> T:
+    try:
+        return fn(**kwargs)
+    except (ClientError, BotoCoreError) as exc:
+        error = _translate(operation, exc)
+        # A rejection is often expected (ResourceNotFound while ensuring); an outage never is.
+        level = logging.WARNING if isinstance(error, AwsUnavailable) else logging.DEBUG
+        logger.log(level, "aws call failed", extra={"operation": operation, "code": error.code})
+        raise error from None
+
+
+def _refuse_hard_limits(response: Any = None, operation: Any = None, **_: Any) -> None:
+    # Registered first on `needs-retry`: raising here ends botocore's retry loop for this call with
+    # the same ClientError the caller would have seen without retries.
+    if response is None or operation is None:
+        return
+    parsed = response[1]
+    if parsed.get("Error", {}).get("Code") in NOT_RETRIED_CODES:
+        raise ClientError(parsed, operation.name)
+
+
+def _config() -> Config:
+    return Config(
+        retries={"mode": "standard", "max_attempts": settings.CVM_AWS_MAX_ATTEMPTS},
+        connect_timeout=settings.CVM_AWS_CONNECT_TIMEOUT,
+        read_timeout=settings.CVM_AWS_READ_TIMEOUT,
+        max_pool_connections=64,
+    )
+
+
+_client_lock = threading.Lock()
+
+
+@functools.cache
+def iot_client() -> Any:
+    # Endpoint and region come from boto3's own environment variables (AWS_ENDPOINT_URL,
+    # AWS_ENDPOINT_URL_IOT, AWS_REGION ...), which an explicit endpoint_url would override.
+    with _client_lock:  # boto3's default session is not safe to build clients from in parallel
+        client = boto3.session.Session().client("iot", config=_config())
+    client.meta.events.register_first("needs-retry.iot", _refuse_hard_limits)
+    return client
+
+
+@functools.cache
+def dynamodb_client() -> Any:
+    with _client_lock:
+        return boto3.session.Session().client("dynamodb", config=_config())
+
+
+@functools.cache
+def _executor() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=16, thread_name_prefix="aws")
+
+
+def clients_reset() -> None:
+    """Forget cached clients and the endpoint (tests switch between moto and servers)."""
+    iot_client.cache_clear()
+    dynamodb_client.cache_clear()
+    iot_data_endpoint.cache_clear()
+
+
+# --- AWS IoT -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewCertificate:
+    certificate_id: str
+    arn: str
+    certificate_pem: str
+    private_key_pem: str | None  # only when AWS generated the key; never stored
+
+
+@dataclass(frozen=True)
+class CertificateInfo:
+    certificate_id: str
+    arn: str
+    status: str  # ACTIVE, INACTIVE, REVOKED, PENDING_TRANSFER ...
+
+
+@functools.cache
+def iot_data_endpoint() -> str:
+    """The account's `iot:Data-ATS` host; it never changes, so one call per process is enough."""
+    response = _call("DescribeEndpoint", iot_client().describe_endpoint, endpointType="iot:Data-ATS")
+    return response["endpointAddress"]
+
+
+def thing_ensure(*, thing_name: str, attributes: dict[str, str]) -> None:
+    """Create the thing, or bring its attributes up to date when it already exists."""
+    payload = {"attributes": attributes, "merge": True}
+    try:
+        _call("CreateThing", iot_client().create_thing, thingName=thing_name, attributePayload=payload)
+    except AwsRejected as exc:
+        # AWS answers ResourceAlreadyExists when the thing exists with other attributes.
+        if exc.code != "ResourceAlreadyExistsException":
+            raise
+        _call("UpdateThing", iot_client().update_thing, thingName=thing_name, attributePayload=payload)
+
+
+def certificate_create(*, csr_pem: str | None) -> NewCertificate:
+    """Create an INACTIVE certificate: it becomes usable only when `certificate_activate` runs."""
+    if csr_pem is None:
+        response = _call("CreateKeysAndCertificate", iot_client().create_keys_and_certificate, setAsActive=False)
+        private_key = response["keyPair"]["PrivateKey"]
+    else:
+        response = _call(
+            "CreateCertificateFromCsr",
+            iot_client().create_certificate_from_csr,
+            certificateSigningRequest=csr_pem,
+            setAsActive=False,
+        )
+        private_key = None
+    return NewCertificate(
+        certificate_id=response["certificateId"],
+        arn=response["certificateArn"],
+        certificate_pem=response["certificatePem"],
+        private_key_pem=private_key,
+    )
+
+
+def policy_attach(*, policy_name: str, certificate_arn: str) -> None:
+    _call("AttachPolicy", iot_client().attach_policy, policyName=policy_name, target=certificate_arn)
+
+
+def thing_attach(*, thing_name: str, certificate_arn: str) -> None:
+    _call(
+        "AttachThingPrincipal",
+        iot_client().attach_thing_principal,
+        thingName=thing_name,
+        principal=certificate_arn,
+    )
+
+
+def certificate_activate(*, certificate_id: str) -> None:
+    _call("UpdateCertificate", iot_client().update_certificate, certificateId=certificate_id, newStatus="ACTIVE")
+
+
+def _ignore_missing(operation: str, fn: Callable[..., Any], **kwargs: Any) -> None:
+    try:
+        _call(operation, fn, **kwargs)
+    except AwsRejected as exc:
+        if exc.code not in {"ResourceNotFoundException", "InvalidRequestException"}:
+            raise
+
+
+def certificate_revoke(*, certificate_id: str, certificate_arn: str, thing_name: str, policy_name: str) -> None:
+    """REVOKED first, so the certificate stops working before anything else happens, then detach."""
+    iot = iot_client()
+    _ignore_missing("UpdateCertificate", iot.update_certificate, certificateId=certificate_id, newStatus="REVOKED")
+    _ignore_missing("DetachThingPrincipal", iot.detach_thing_principal, thingName=thing_name, principal=certificate_arn)
+    _ignore_missing("DetachPolicy", iot.detach_policy, policyName=policy_name, target=certificate_arn)
+
+
+def certificate_discard(*, certificate_id: str, certificate_arn: str, thing_name: str, policy_name: str) -> None:
+    """Undo a certificate that was never handed out: deactivate, detach, delete.
+
+    INACTIVE comes first so that, whatever fails after it, the certificate cannot be used.
+    """
+    iot = iot_client()
+    _ignore_missing("UpdateCertificate", iot.update_certificate, certificateId=certificate_id, newStatus="INACTIVE")
+    _ignore_missing("DetachThingPrincipal", iot.detach_thing_principal, thingName=thing_name, principal=certificate_arn)
+    _ignore_missing("DetachPolicy", iot.detach_policy, policyName=policy_name, target=certificate_arn)
+    _ignore_missing("DeleteCertificate", iot.delete_certificate, certificateId=certificate_id, forceDelete=True)
+
+
+def certificate_describe(*, certificate_id: str) -> CertificateInfo | None:
+    try:
+        response = _call("DescribeCertificate", iot_client().describe_certificate, certificateId=certificate_id)
+    except AwsRejected as exc:
+        if exc.code == "ResourceNotFoundException":
+            return None
+        raise
+    description = response["certificateDescription"]
+    return CertificateInfo(
+        certificate_id=description["certificateId"],
+        arn=description["certificateArn"],
+        status=description["status"],
+    )
+
+
+def thing_certificates(*, thing_name: str) -> list[CertificateInfo]:
+    """Every certificate attached to the thing, with its status; empty when the thing does not exist."""
+    try:
+        response = _call("ListThingPrincipals", iot_client().list_thing_principals, thingName=thing_name)
+    except AwsRejected as exc:
+        if exc.code == "ResourceNotFoundException":
+            return []
+        raise
+    infos = []
+    for arn in response.get("principals", []):
+        if ":cert/" not in arn:
+            continue
+        info = certificate_describe(certificate_id=arn.rsplit("/", 1)[1])
+        if info is not None:
+            infos.append(info)
+    return infos
+
+
+def certificate_provision(
+    *, thing_name: str, attributes: dict[str, str], csr_pem: str | None, policy_name: str
+) -> NewCertificate:
+    """Thing, certificate, policy, attachment, activation — or nothing usable at all.
+
+    Three dependent stages; the calls within a stage run concurrently:
+      1. create the thing | create the certificate (INACTIVE) | look up the data endpoint
+      2. attach the policy | attach the certificate to the thing
+      3. activate the certificate
+    If any step fails, the certificate is deactivated, detached and deleted before the error is raised,
+    so no ACTIVE certificate is left behind; a crash between steps leaves at worst an INACTIVE one,
+    which claim recovery and `reconcile` remove.
+    """
+    pool = _executor()
+    thing_future = pool.submit(thing_ensure, thing_name=thing_name, attributes=attributes)
+    cert_future = pool.submit(certificate_create, csr_pem=csr_pem)
+    endpoint_future = pool.submit(iot_data_endpoint)
+    certificate: NewCertificate | None = None
+    try:
+        certificate = cert_future.result()
+        thing_future.result()
+        endpoint_future.result()
+        attach_futures = [
+            pool.submit(policy_attach, policy_name=policy_name, certificate_arn=certificate.arn),
+            pool.submit(thing_attach, thing_name=thing_name, certificate_arn=certificate.arn),
+        ]
+        for future in attach_futures:
+            future.exception()  # wait for both before deciding, so compensation sees a settled state
+        for future in attach_futures:
+            future.result()
+        certificate_activate(certificate_id=certificate.certificate_id)
+        return certificate
+    except BaseException:
+        if certificate is not None:
+            certificate_discard_quietly(certificate, thing_name=thing_name, policy_name=policy_name)
+        raise
+
+
+def certificate_discard_quietly(certificate: NewCertificate, *, thing_name: str, policy_name: str) -> None:
+    try:
+        certificate_discard(
+            certificate_id=certificate.certificate_id,
+            certificate_arn=certificate.arn,
+            thing_name=thing_name,
+            policy_name=policy_name,
+        )
+    except AwsError as exc:
+        # The certificate was created INACTIVE and never activated, so it is unusable; recovery and
+        # `reconcile` delete it once AWS answers again.
+        logger.warning(
+            "could not discard an unissued certificate",
+            extra={"certificate_id": certificate.certificate_id, "code": exc.code},
+        )
+
+
+def device_policy_document() -> dict[str, Any]:
+    """Least privilege through policy variables: one policy serves every device.
+
+    A device may connect only with its own thing name as client id, and only while its certificate is
+    attached to that thing; it may publish, subscribe and receive only under `things/<thing name>/`.
+    """
+    thing = "${iot:Connection.Thing.ThingName}"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "iot:Connect",
+                "Resource": f"arn:aws:iot:*:*:client/{thing}",
+                "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "true"}},
+            },
+            {
+                "Effect": "Allow",
+                "Action": ["iot:Publish", "iot:Receive"],
+                "Resource": f"arn:aws:iot:*:*:topic/things/{thing}/*",
+            },
+            {
+                "Effect": "Allow",
+                "Action": "iot:Subscribe",
+                "Resource": f"arn:aws:iot:*:*:topicfilter/things/{thing}/*",
+            },
+        ],
+    }
+
+
+def policy_ensure(*, policy_name: str) -> bool:
+    """Create the device policy when missing; True when it was created."""
+    try:
+        _call("GetPolicy", iot_client().get_policy, policyName=policy_name)
+        return False
+    except AwsRejected as exc:
+        if exc.code != "ResourceNotFoundException":
+            raise
+    _call(
+        "CreatePolicy",
+        iot_client().create_policy,
+        policyName=policy_name,
+        policyDocument=json.dumps(device_policy_document()),
+    )
+    return True
+
+
+def policy_targets(*, policy_name: str) -> list[str]:
+    response = _call("ListTargetsForPolicy", iot_client().list_targets_for_policy, policyName=policy_name)
+    return list(response.get("targets", []))
+
+
+# --- DynamoDB ------------------------------------------------------------------------------------
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def table_ensure(*, table_name: str) -> bool:
+    """Create the association table (on-demand billing) when missing; True when it was created."""
+    try:
+        _call("DescribeTable", dynamodb_client().describe_table, TableName=table_name)
+        return False
+    except AwsRejected as exc:
+        if exc.code != "ResourceNotFoundException":
+            raise
+    _call(
+        "CreateTable",
+        dynamodb_client().create_table,
+        TableName=table_name,
+        AttributeDefinitions=[{"AttributeName": "productId", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "productId", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    waiter = dynamodb_client().get_waiter("table_exists")
+    waiter.wait(TableName=table_name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    return True
+
+
+def association_put(*, table_name: str, item: dict[str, Any]) -> bool:
+    """Write an item unless the table already holds the same or a newer version; False when it did."""
+    try:
+        dynamodb_client().put_item(
+            TableName=table_name,
+            Item={key: _serializer.serialize(value) for key, value in item.items() if value is not None},
+            ConditionExpression="attribute_not_exists(productId) OR version < :version",
+            ExpressionAttributeValues={":version": _serializer.serialize(item["version"])},
+        )
+        return True
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            return False
+        raise _translate("PutItem", exc) from None
+    except BotoCoreError as exc:
+        raise _translate("PutItem", exc) from None
+
+
+def association_delete(*, table_name: str, serial: str) -> None:
+    _call("DeleteItem", dynamodb_client().delete_item, TableName=table_name, Key={"productId": {"S": serial}})
+
+
+def association_scan(*, table_name: str) -> Iterator[dict[str, Any]]:
+    """Every item of the table, as plain Python values (numbers as int)."""
+    kwargs: dict[str, Any] = {"TableName": table_name, "ConsistentRead": True}
+    while True:
+        response = _call("Scan", dynamodb_client().scan, **kwargs)
+        for raw in response.get("Items", []):
+            item = {key: _deserializer.deserialize(value) for key, value in raw.items()}
+            yield {key: int(value) if type(value).__name__ == "Decimal" else value for key, value in item.items()}
+        if "LastEvaluatedKey" not in response:
+            return
+        kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]

@@ -1,0 +1,31 @@
+from django.core.management.base import CommandError
+
+from provisioning.services import ImportInvalid, devices_import, serials_parse_csv
+
+from ._base import PortalCommand
+
+
+class Command(PortalCommand):
+    help = "Register serials from a CSV file with the header serial[,product]; all rows or none."
+
+    def add_arguments(self, parser):
+        parser.add_argument("file", help="CSV file, header serial or serial,product")
+        parser.add_argument("--product", help="product for rows that name none (default: 'default')")
+
+    def handle(self, *args, file, product, **options):
+        try:
+            with open(file, encoding="utf-8-sig", newline="") as handle:
+                text = handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CommandError(f"cannot read {file}: {exc}") from None
+        try:
+            rows = serials_parse_csv(text, default_product=product)
+        except ImportInvalid as exc:
+            for error in exc.errors:
+                self.stderr.write(error)
+            raise CommandError(f"{len(exc.errors)} invalid row(s) in {file}; nothing was imported") from None
+        report = devices_import(rows=rows, actor=self.actor())
+        self.stdout.write(
+            f"imported {report.created} new serial(s); {report.already_known} already known; "
+            f"{report.products_created} new product(s)"
+        )

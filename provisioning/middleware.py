@@ -1,0 +1,93 @@
+"""Request log, body limit and cache headers for the device API."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.cache import add_never_cache_headers
+
+logger = logging.getLogger("provisioning.requests")
+
+REQUEST_ID_RE = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
+
+
+def _valid_ip(value: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return None
+
+
+def client_address(request: HttpRequest) -> str | None:
+    """The caller's address, trusting X-Forwarded-For only as far as CVM_TRUSTED_PROXIES allows.
+
+    Each trusted proxy appends the address it saw, so the real client is the entry that many places
+    from the right; anything further left was written by the client and may be forged.
+    """
+    remote = _valid_ip(request.META.get("REMOTE_ADDR", ""))
+    proxies = settings.CVM_TRUSTED_PROXIES
+    if not proxies:
+        return remote
+    forwarded = [part for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if part.strip()]
+    if not forwarded:
+        return remote
+    return _valid_ip(forwarded[-min(proxies, len(forwarded))]) or remote
+
+
+class RequestLogMiddleware:
+    """One JSON line per request: id, method, path (never the query string), status, duration."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        offered = request.META.get("HTTP_X_REQUEST_ID", "")
+        request.request_id = offered if REQUEST_ID_RE.match(offered) else uuid.uuid4().hex
+        response = self.get_response(request)
+        response["X-Request-ID"] = request.request_id
+        logger.info(
+            "request",
+            extra={
+                "request_id": request.request_id,
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "client": client_address(request),
+                "serial": getattr(request, "cvm_serial", None),
+                "outcome": getattr(request, "cvm_outcome", None),
+            },
+        )
+        return response
+
+
+class ApiGuardMiddleware:
+    """For /api/: refuse bodies over the limit before anything reads them, and forbid caching."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not request.path.startswith("/api/"):
+            return self.get_response(request)
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > settings.CVM_MAX_BODY_BYTES:
+            request.cvm_outcome = "body_too_large"
+            response: HttpResponse = JsonResponse(
+                {"detail": f"request body is larger than {settings.CVM_MAX_BODY_BYTES} bytes"}, status=413
+            )
+        else:
+            response = self.get_response(request)
+        add_never_cache_headers(response)
+        return response

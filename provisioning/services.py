@@ -1,0 +1,618 @@
+"""Everything that changes state. The API, the admin and the management commands all call these.
+
+Each change to a device is one short transaction that updates the row, appends its audit event and
+writes its DynamoDB outbox entry. AWS is never called inside a transaction: a vend claims the device
+(`token_issued` -> `issuing`) with a conditional UPDATE, commits, talks to AWS, then records the outcome
+in a second transaction that only succeeds while the claim is still its own.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from . import aws
+from .audit import NewEvent, audit_append, audit_append_many
+from .crypto import (
+    ValidatedCsr,
+    amazon_root_ca_pem,
+    certificate_fingerprint,
+    token_digest,
+    token_generate,
+    token_matches,
+)
+from .models import (
+    AuditKind,
+    Certificate,
+    CertificateStatus,
+    Device,
+    DeviceState,
+    DynamoOutbox,
+    KeyOrigin,
+    Product,
+)
+from .selectors import device_association_item, device_get, refusals_in_window
+from .validators import SERIAL_RE
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PRODUCT = "default"
+SYSTEM_ACTOR = "system"
+DEVICE_ACTOR = "device"
+FAILURE_WINDOW = timedelta(hours=1)
+BUSY_RETRY_AFTER = 2
+
+
+class ServiceError(Exception):
+    """A request a person made that cannot be carried out; the message is safe to show them."""
+
+
+class VendRefused(Exception):
+    """Unknown serial, wrong, used or expired token, revoked device: the device is told nothing more."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class VendRetryLater(Exception):
+    """The request may succeed later; `status` is 409, 429 or 503 and `retry_after` is in seconds."""
+
+    def __init__(self, status: int, retry_after: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.retry_after = max(1, retry_after)
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    serial: str
+    token: str = field(repr=False)
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class VendResult:
+    serial: str
+    thing_name: str
+    certificate_id: str
+    certificate_arn: str
+    certificate_pem: str
+    private_key_pem: str | None = field(repr=False)
+    iot_endpoint: str
+    root_ca_pem: str
+
+
+def thing_name_for(serial: str) -> str:
+    return f"{settings.CVM_THING_NAME_PREFIX}{serial}"
+
+
+def _record(device_pk: int, *, kind: str, actor: str, client_address: str | None = None, **data: object) -> Device:
+    """Audit a device change and queue its DynamoDB item; call inside the change's transaction."""
+    device = Device.objects.select_related("product", "current_certificate").get(pk=device_pk)
+    audit_append(kind=kind, actor=actor, serial=device.serial, client_address=client_address, data=data)
+    DynamoOutbox.objects.create(serial=device.serial, version=device.version, item=device_association_item(device))
+    return device
+
+
+# --- Import -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportRow:
+    line: int
+    serial: str
+    product: str
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    created: int
+    already_known: int
+    products_created: int
+
+
+class ImportInvalid(ServiceError):
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__(f"{len(errors)} invalid row(s); nothing was imported. " + "; ".join(errors[:5]))
+        self.errors = errors
+
+
+MAX_PRODUCT_LENGTH = 64
+
+
+def serials_parse_csv(text: str, *, default_product: str | None = None) -> list[ImportRow]:
+    """Parse `serial[,product]` CSV; raise ImportInvalid listing every bad line, or return all rows."""
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = [column.strip().lower() for column in next(reader)]
+    except StopIteration:
+        raise ImportInvalid(["line 1: the file is empty; expected the header serial[,product]"]) from None
+    except csv.Error as exc:
+        raise ImportInvalid([f"line 1: {exc}"]) from None
+    if header not in (["serial"], ["serial", "product"]):
+        raise ImportInvalid(["line 1: the header must be serial or serial,product"])
+    rows: list[ImportRow] = []
+    errors: list[str] = []
+    seen: dict[str, int] = {}
+    try:
+        for values in reader:
+            line = reader.line_num
+            if not values or all(not value.strip() for value in values):
+                continue
+            if len(values) > len(header):
+                errors.append(f"line {line}: expected {len(header)} column(s), found {len(values)}")
+                continue
+            serial = values[0].strip()
+            product = (values[1].strip() if len(values) > 1 else "") or default_product or DEFAULT_PRODUCT
+            if not SERIAL_RE.match(serial):
+                errors.append(f"line {line}: {serial[:70]!r} is not a valid serial")
+            elif serial in seen:
+                errors.append(f"line {line}: serial {serial} repeats line {seen[serial]}")
+            elif len(product) > MAX_PRODUCT_LENGTH:
+                errors.append(f"line {line}: product name longer than {MAX_PRODUCT_LENGTH} characters")
+            else:
+                seen[serial] = line
+                rows.append(ImportRow(line=line, serial=serial, product=product))
+    except csv.Error as exc:
+        errors.append(f"line {reader.line_num}: {exc}")
+    if errors:
+        raise ImportInvalid(errors)
+    return rows
+
+
+def devices_import(*, rows: list[ImportRow], actor: str) -> ImportReport:
+    """Register every new serial in one transaction; serials already known are left as they are."""
+    with transaction.atomic():
+        product_names = sorted({row.product for row in rows})
+        products = {product.name: product for product in Product.objects.filter(name__in=product_names)}
+        missing = [Product(name=name) for name in product_names if name not in products]
+        Product.objects.bulk_create(missing)
+        products.update({product.name: product for product in Product.objects.filter(name__in=product_names)})
+
+        known: set[str] = set()
+        serials = [row.serial for row in rows]
+        for start in range(0, len(serials), 900):  # SQLite caps the parameters of one query
+            chunk = serials[start : start + 900]
+            known.update(Device.objects.filter(serial__in=chunk).values_list("serial", flat=True))
+        new_rows = [row for row in rows if row.serial not in known]
+        Device.objects.bulk_create(
+            [
+                Device(
+                    serial=row.serial,
+                    product=products[row.product],
+                    thing_name=thing_name_for(row.serial),
+                    version=1,
+                )
+                for row in new_rows
+            ],
+            batch_size=2000,
+        )
+        created = {
+            device.serial: device
+            for start in range(0, len(new_rows), 900)
+            for device in Device.objects.select_related("product").filter(
+                serial__in=[row.serial for row in new_rows[start : start + 900]]
+            )
+        }
+        audit_append_many(
+            [
+                NewEvent(
+                    kind=AuditKind.DEVICE_REGISTERED, actor=actor, serial=row.serial, data={"product": row.product}
+                )
+                for row in new_rows
+            ]
+            + [
+                NewEvent(
+                    kind=AuditKind.SERIALS_IMPORTED,
+                    actor=actor,
+                    data={"created": len(new_rows), "already_known": len(known), "products_created": len(missing)},
+                )
+            ]
+        )
+        DynamoOutbox.objects.bulk_create(
+            [
+                DynamoOutbox(serial=row.serial, version=1, item=device_association_item(created[row.serial]))
+                for row in new_rows
+            ],
+            batch_size=2000,
+        )
+    return ImportReport(created=len(new_rows), already_known=len(known), products_created=len(missing))
+
+
+# --- Tokens -------------------------------------------------------------------------------------
+
+TOKEN_ISSUABLE = (DeviceState.REGISTERED, DeviceState.TOKEN_ISSUED)
+
+
+def tokens_issue(*, serials: list[str], actor: str, ttl_days: int | None = None) -> list[IssuedToken]:
+    """Give each device a new token (replacing an unused one); all or none.
+
+    A device that is active or revoked needs `device_reset`, and one being served now cannot change.
+    """
+    ttl = ttl_days if ttl_days is not None else settings.CVM_TOKEN_TTL_DAYS
+    if ttl < 1:
+        raise ServiceError("the token lifetime must be at least one day")
+    if not serials:
+        raise ServiceError("no devices to issue tokens for")
+    now = timezone.now()
+    expires_at = now + timedelta(days=ttl)
+    issued: list[IssuedToken] = []
+    with transaction.atomic():
+        for serial in serials:
+            token = token_generate()
+            # The state condition makes the update lose cleanly against a vend that claimed the device
+            # a moment ago: then nothing is issued at all.
+            updated = Device.objects.filter(serial=serial, state__in=TOKEN_ISSUABLE).update(
+                state=DeviceState.TOKEN_ISSUED,
+                token_digest=token_digest(token),
+                token_expires_at=expires_at,
+                token_issued_at=now,
+                version=F("version") + 1,
+            )
+            if updated != 1:
+                device = Device.objects.filter(serial=serial).first()
+                if device is None:
+                    raise ServiceError(f"unknown serial {serial}")
+                raise ServiceError(f"device {serial} is {device.state}; use reset to give it a new token")
+            issued.append(IssuedToken(serial=serial, token=token, expires_at=expires_at))
+        devices = Device.objects.select_related("product", "current_certificate")
+        by_serial = {}
+        for start in range(0, len(serials), 900):
+            by_serial.update({d.serial: d for d in devices.filter(serial__in=serials[start : start + 900])})
+        audit_append_many(
+            [
+                NewEvent(
+                    kind=AuditKind.TOKEN_ISSUED,
+                    actor=actor,
+                    serial=serial,
+                    data={"expires_at": expires_at.isoformat(), "ttl_days": ttl},
+                )
+                for serial in serials
+            ]
+        )
+        DynamoOutbox.objects.bulk_create(
+            [
+                DynamoOutbox(serial=s, version=by_serial[s].version, item=device_association_item(by_serial[s]))
+                for s in serials
+            ],
+            batch_size=2000,
+        )
+    return issued
+
+
+def registered_serials() -> list[str]:
+    return list(Device.objects.filter(state=DeviceState.REGISTERED).order_by("serial").values_list("serial", flat=True))
+
+
+# --- Vending ------------------------------------------------------------------------------------
+
+
+def _refuse(serial: str, reason: str, client_address: str | None) -> VendRefused:
+    with transaction.atomic():
+        audit_append(
+            kind=AuditKind.VEND_REFUSED,
+            actor=DEVICE_ACTOR,
+            serial=serial,
+            client_address=client_address,
+            data={"reason": reason},
+        )
+    logger.info("vend refused", extra={"serial": serial, "reason": reason})
+    return VendRefused(reason)
+
+
+def _check_failure_limits(serial: str, client_address: str | None, now: datetime) -> None:
+    since = now - FAILURE_WINDOW
+    checks = [("serial", {"serial": serial}, settings.CVM_FAILED_TOKENS_PER_SERIAL)]
+    if client_address:
+        checks.append(("address", {"client_address": client_address}, settings.CVM_FAILED_TOKENS_PER_ADDRESS))
+    for scope, filters, limit in checks:
+        count, oldest = refusals_in_window(since=since, **filters)
+        if count >= limit:
+            # The window slides: the limit lifts when the oldest failure in it is an hour old.
+            retry_after = math.ceil(((oldest or now) + FAILURE_WINDOW - now).total_seconds())
+            with transaction.atomic():
+                audit_append(
+                    kind=AuditKind.VEND_THROTTLED,
+                    actor=DEVICE_ACTOR,
+                    serial=serial,
+                    client_address=client_address,
+                    data={"scope": scope, "failures": count},
+                )
+            raise VendRetryLater(429, retry_after, "too many failed attempts; retry later")
+
+
+def _refusal_reason(device: Device, token: str, now: datetime) -> str | None:
+    """Why this token cannot start an issuance for this device, or None when it can."""
+    matches = token_matches(token, device.token_digest)
+    if device.state == DeviceState.REGISTERED:
+        return "no_token_issued"
+    if not matches:
+        return "token_wrong"
+    if device.state == DeviceState.ACTIVE:
+        return "token_used"
+    if device.state == DeviceState.REVOKED:
+        return "device_revoked"
+    if device.token_expires_at is None or device.token_expires_at <= now:
+        return "token_expired"
+    return None
+
+
+def certificate_vend(*, serial: str, token: str, csr: ValidatedCsr | None, client_address: str | None) -> VendResult:
+    """Trade a serial and its one-time token for an ACTIVE certificate attached to the device's thing."""
+    now = timezone.now()
+    _check_failure_limits(serial, client_address, now)
+    device = device_get(serial=serial)
+    if device is None:
+        token_matches(token, "")  # same work as for a known serial, so timing reveals nothing
+        raise _refuse(serial, "unknown_serial", client_address)
+    if device.state == DeviceState.ISSUING and _claim_is_stale(device, now):
+        claim_recover(device=device)
+        device = device_get(serial=serial)
+        assert device is not None
+    reason = _refusal_reason(device, token, now)
+    if reason is not None:
+        raise _refuse(serial, reason, client_address)
+    if device.state == DeviceState.ISSUING:
+        _busy(serial, client_address)
+
+    claim_id = uuid.uuid4()
+    with transaction.atomic():
+        claimed = Device.objects.filter(
+            pk=device.pk,
+            state=DeviceState.TOKEN_ISSUED,
+            token_digest=device.token_digest,
+            token_expires_at__gt=now,
+        ).update(
+            state=DeviceState.ISSUING,
+            claim_id=claim_id,
+            claimed_at=now,
+            last_request_at=now,
+            version=F("version") + 1,
+        )
+        if claimed:
+            device = _record(
+                device.pk,
+                kind=AuditKind.VEND_CLAIMED,
+                actor=DEVICE_ACTOR,
+                client_address=client_address,
+                key_origin=KeyOrigin.CSR if csr else KeyOrigin.AWS,
+            )
+    if not claimed:
+        # Another request got there first: it is either still talking to AWS or has finished.
+        current = device_get(serial=serial)
+        if current is not None and current.state == DeviceState.ISSUING:
+            _busy(serial, client_address)
+        raise _refuse(serial, "token_used", client_address)
+
+    return _issue_claimed(device=device, claim_id=claim_id, csr=csr, client_address=client_address)
+
+
+def _busy(serial: str, client_address: str | None) -> None:
+    with transaction.atomic():
+        audit_append(kind=AuditKind.VEND_BUSY, actor=DEVICE_ACTOR, serial=serial, client_address=client_address)
+    raise VendRetryLater(409, BUSY_RETRY_AFTER, "a request for this device is being served; retry shortly")
+
+
+def _release_claim(device: Device, claim_id: uuid.UUID, *, client_address: str | None, **data: object) -> None:
+    with transaction.atomic():
+        released = Device.objects.filter(pk=device.pk, state=DeviceState.ISSUING, claim_id=claim_id).update(
+            state=DeviceState.TOKEN_ISSUED, claim_id=None, claimed_at=None, version=F("version") + 1
+        )
+        if released:
+            _record(device.pk, kind=AuditKind.VEND_FAILED, actor=DEVICE_ACTOR, client_address=client_address, **data)
+
+
+def _issue_claimed(
+    *, device: Device, claim_id: uuid.UUID, csr: ValidatedCsr | None, client_address: str | None
+) -> VendResult:
+    key_origin = KeyOrigin.CSR if csr else KeyOrigin.AWS
+    thing_name = thing_name_for(device.serial)
+    policy_name = settings.CVM_IOT_POLICY_NAME
+    try:
+        new = aws.certificate_provision(
+            thing_name=thing_name,
+            attributes={"serial": device.serial, "product": device.product.name},
+            csr_pem=csr.pem if csr else None,
+            policy_name=policy_name,
+        )
+    except aws.AwsError as exc:
+        _release_claim(
+            device,
+            claim_id,
+            client_address=client_address,
+            reason="aws_error",
+            operation=exc.operation,
+            code=exc.code,
+            key_origin=key_origin,
+        )
+        raise VendRetryLater(503, exc.retry_after, "AWS IoT is unavailable; nothing was issued, retry later") from None
+    except BaseException:
+        _release_claim(device, claim_id, client_address=client_address, reason="internal_error", key_origin=key_origin)
+        raise
+
+    try:
+        recorded = _record_issued(
+            device=device, claim_id=claim_id, new=new, key_origin=key_origin, client_address=client_address
+        )
+    except BaseException:
+        # The database could not record the certificate: withdraw it from AWS so no ACTIVE certificate
+        # exists that the source of truth does not know about.
+        aws.certificate_discard_quietly(new, thing_name=thing_name, policy_name=policy_name)
+        _release_claim(device, claim_id, client_address=client_address, reason="record_failed", key_origin=key_origin)
+        raise
+    if not recorded:
+        # Our claim was recovered as stale while AWS was slow; the certificate must not survive.
+        aws.certificate_discard_quietly(new, thing_name=thing_name, policy_name=policy_name)
+        raise VendRetryLater(503, BUSY_RETRY_AFTER, "issuance took too long; nothing was issued, retry")
+    return VendResult(
+        serial=device.serial,
+        thing_name=thing_name,
+        certificate_id=new.certificate_id,
+        certificate_arn=new.arn,
+        certificate_pem=new.certificate_pem,
+        private_key_pem=new.private_key_pem,
+        iot_endpoint=aws.iot_data_endpoint(),
+        root_ca_pem=amazon_root_ca_pem(),
+    )
+
+
+def _record_issued(
+    *, device: Device, claim_id: uuid.UUID, new: aws.NewCertificate, key_origin: str, client_address: str | None
+) -> bool:
+    now = timezone.now()
+    with transaction.atomic():
+        owned = Device.objects.filter(pk=device.pk, state=DeviceState.ISSUING, claim_id=claim_id).update(
+            state=DeviceState.ACTIVE, claim_id=None, claimed_at=None, version=F("version") + 1
+        )
+        if not owned:
+            return False
+        certificate = Certificate.objects.create(
+            device=device,
+            certificate_id=new.certificate_id,
+            arn=new.arn,
+            fingerprint_sha256=certificate_fingerprint(new.certificate_pem),
+            key_origin=key_origin,
+            thing_name=thing_name_for(device.serial),
+            issued_at=now,
+            issued_to_address=client_address,
+        )
+        Device.objects.filter(pk=device.pk).update(
+            current_certificate=certificate, thing_name=thing_name_for(device.serial)
+        )
+        _record(
+            device.pk,
+            kind=AuditKind.CERTIFICATE_ISSUED,
+            actor=DEVICE_ACTOR,
+            client_address=client_address,
+            certificate_id=new.certificate_id,
+            fingerprint_sha256=certificate.fingerprint_sha256,
+            key_origin=key_origin,
+        )
+    return True
+
+
+# --- Recovery -----------------------------------------------------------------------------------
+
+
+def _claim_is_stale(device: Device, now: datetime) -> bool:
+    timeout = timedelta(seconds=settings.CVM_CLAIM_TIMEOUT_SECONDS)
+    return device.claimed_at is None or device.claimed_at <= now - timeout
+
+
+def unknown_thing_certificates(device: Device) -> list[aws.CertificateInfo]:
+    """Certificates AWS IoT holds on the device's thing that the database never recorded."""
+    known = set(Certificate.objects.filter(device=device).values_list("certificate_id", flat=True))
+    return [
+        info
+        for info in aws.thing_certificates(thing_name=thing_name_for(device.serial))
+        if info.certificate_id not in known
+    ]
+
+
+def claim_recover(*, device: Device, actor: str = SYSTEM_ACTOR) -> bool:
+    """Return a device whose issuance crashed to `token_issued`, removing what AWS was left holding.
+
+    Only a stale claim is touched; if its owner is merely slow, its own final step notices the claim is
+    gone and withdraws its certificate.
+    """
+    if device.state != DeviceState.ISSUING or not _claim_is_stale(device, timezone.now()):
+        return False
+    discarded = []
+    for info in unknown_thing_certificates(device):
+        aws.certificate_discard(
+            certificate_id=info.certificate_id,
+            certificate_arn=info.arn,
+            thing_name=thing_name_for(device.serial),
+            policy_name=settings.CVM_IOT_POLICY_NAME,
+        )
+        discarded.append(info.certificate_id)
+    with transaction.atomic():
+        released = Device.objects.filter(pk=device.pk, state=DeviceState.ISSUING, claim_id=device.claim_id).update(
+            state=DeviceState.TOKEN_ISSUED, claim_id=None, claimed_at=None, version=F("version") + 1
+        )
+        if released:
+            _record(device.pk, kind=AuditKind.CLAIM_RECOVERED, actor=actor, discarded_certificates=discarded)
+    if released:
+        logger.warning("stale claim recovered", extra={"serial": device.serial, "discarded": len(discarded)})
+    return bool(released)
+
+
+# --- Revoke and reset ---------------------------------------------------------------------------
+
+
+def device_revoke(*, serial: str, reason: str, actor: str) -> Device:
+    """Revoke the device's certificate in AWS IoT (REVOKED, detached), then in the database."""
+    reason = reason.strip()
+    if not reason:
+        raise ServiceError("a reason is required to revoke a device")
+    device = device_get(serial=serial)
+    if device is None:
+        raise ServiceError(f"unknown serial {serial}")
+    if device.state != DeviceState.ACTIVE or device.current_certificate is None:
+        raise ServiceError(f"device {serial} is {device.state}; only an active device can be revoked")
+    certificate = device.current_certificate
+    # AWS first: once this returns the certificate no longer works, whatever happens next. Repeating it
+    # after a failure is harmless, so a retry of the whole revoke is always safe.
+    aws.certificate_revoke(
+        certificate_id=certificate.certificate_id,
+        certificate_arn=certificate.arn,
+        thing_name=certificate.thing_name,
+        policy_name=settings.CVM_IOT_POLICY_NAME,
+    )
+    now = timezone.now()
+    with transaction.atomic():
+        updated = Device.objects.filter(pk=device.pk, state=DeviceState.ACTIVE, current_certificate=certificate).update(
+            state=DeviceState.REVOKED, version=F("version") + 1
+        )
+        if not updated:
+            raise ServiceError(f"device {serial} changed while it was being revoked; try again")
+        Certificate.objects.filter(pk=certificate.pk).update(
+            status=CertificateStatus.REVOKED, revoked_at=now, revoked_by=actor, revoked_reason=reason[:255]
+        )
+        return _record(
+            device.pk,
+            kind=AuditKind.DEVICE_REVOKED,
+            actor=actor,
+            certificate_id=certificate.certificate_id,
+            reason=reason[:255],
+        )
+
+
+def device_reset(*, serial: str, actor: str, reason: str = "reset", ttl_days: int | None = None) -> IssuedToken:
+    """Revoke the current certificate if there is one, then give the device a new token."""
+    device = device_get(serial=serial)
+    if device is None:
+        raise ServiceError(f"unknown serial {serial}")
+    if device.state == DeviceState.ACTIVE:
+        device = device_revoke(serial=serial, reason=f"reset: {reason}", actor=actor)
+    if device.state != DeviceState.REVOKED:
+        raise ServiceError(f"device {serial} is {device.state}; reset applies to active or revoked devices")
+    ttl = ttl_days if ttl_days is not None else settings.CVM_TOKEN_TTL_DAYS
+    token = token_generate()
+    now = timezone.now()
+    expires_at = now + timedelta(days=ttl)
+    with transaction.atomic():
+        updated = Device.objects.filter(pk=device.pk, state=DeviceState.REVOKED).update(
+            state=DeviceState.TOKEN_ISSUED,
+            token_digest=token_digest(token),
+            token_expires_at=expires_at,
+            token_issued_at=now,
+            current_certificate=None,
+            version=F("version") + 1,
+        )
+        if not updated:
+            raise ServiceError(f"device {serial} changed while it was being reset; try again")
+        _record(device.pk, kind=AuditKind.DEVICE_RESET, actor=actor, reason=reason[:255], expires_at=expires_at)
+    return IssuedToken(serial=serial, token=token, expires_at=expires_at)

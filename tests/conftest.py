@@ -1,0 +1,161 @@
+"""Shared fixtures: moto-backed AWS, devices in every state, fault injection at the boto3 boundary."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from botocore.awsrequest import AWSResponse
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+from django.core.cache import cache
+from django.core.management import call_command
+from moto import mock_aws
+from rest_framework.test import APIClient
+
+from provisioning import aws, services
+from provisioning.models import Device
+
+VEND_URL = "/api/v1/certificates"
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache() -> Iterator[None]:
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@dataclass
+class AwsView:
+    """What AWS IoT and DynamoDB hold, read straight from moto for assertions."""
+
+    iot: Any
+    dynamodb: Any
+
+    def thing_certificates(self, thing_name: str) -> list[dict[str, Any]]:
+        principals = self.iot.list_thing_principals(thingName=thing_name)["principals"]
+        return [
+            self.iot.describe_certificate(certificateId=arn.rsplit("/", 1)[1])["certificateDescription"]
+            for arn in principals
+        ]
+
+    def all_certificates(self) -> list[dict[str, Any]]:
+        return self.iot.list_certificates()["certificates"]
+
+    def active_certificates(self) -> list[dict[str, Any]]:
+        return [c for c in self.all_certificates() if c["status"] == "ACTIVE"]
+
+    def policies_of(self, certificate_arn: str) -> list[str]:
+        return [p["policyName"] for p in self.iot.list_attached_policies(target=certificate_arn)["policies"]]
+
+    def thing(self, thing_name: str) -> dict[str, Any]:
+        return self.iot.describe_thing(thingName=thing_name)
+
+
+@pytest.fixture
+def aws_mock() -> Iterator[AwsView]:
+    """In-process moto with the policy and table `bootstrap_aws` creates."""
+    with mock_aws():
+        aws.clients_reset()
+        call_command("bootstrap_aws", stdout=open("/dev/null", "w"))  # noqa: SIM115
+        yield AwsView(iot=aws.iot_client(), dynamodb=aws.dynamodb_client())
+    aws.clients_reset()
+
+
+class _Raw:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self._body
+
+
+@dataclass
+class Fault:
+    operation: str
+    calls: int = 0
+
+
+@pytest.fixture
+def aws_fault(aws_mock: AwsView) -> Callable[..., Fault]:
+    """Make one AWS IoT operation fail with an HTTP error, before moto sees it.
+
+    Registered first on `before-send`, so botocore's real retry logic runs against it.
+    """
+    registered: list[tuple[str, Callable[..., Any]]] = []
+
+    def install(operation: str, *, code: str = "ServiceUnavailableException", status: int = 503, times: int = 10**6):
+        fault = Fault(operation)
+
+        def handler(**kwargs: Any) -> AWSResponse | None:
+            if fault.calls >= times:
+                return None
+            fault.calls += 1
+            body = json.dumps({"message": "injected failure", "__type": code}).encode()
+            headers = {"x-amzn-ErrorType": code, "Content-Type": "application/json"}
+            return AWSResponse(kwargs["request"].url, status, headers, _Raw(body))
+
+        event = f"before-send.iot.{operation}"
+        aws.iot_client().meta.events.register_first(event, handler)
+        registered.append((event, handler))
+        return fault
+
+    yield install
+    for event, handler in registered:
+        aws.iot_client().meta.events.unregister(event, handler)
+
+
+@pytest.fixture
+def api() -> APIClient:
+    return APIClient()
+
+
+@dataclass
+class ProvisionedDevice:
+    serial: str
+    token: str
+
+    @property
+    def device(self) -> Device:
+        return Device.objects.get(serial=self.serial)
+
+
+@pytest.fixture
+def make_device(db: None) -> Callable[..., ProvisionedDevice]:
+    """Register a serial and, unless told otherwise, issue it a token (returned in plaintext)."""
+    counter = iter(range(1, 10**6))
+
+    def make(serial: str | None = None, *, product: str = "sensor", with_token: bool = True, ttl_days: int = 90):
+        serial = serial or f"SN-{next(counter):06d}"
+        services.devices_import(rows=[services.ImportRow(line=2, serial=serial, product=product)], actor="test")
+        token = ""
+        if with_token:
+            token = services.tokens_issue(serials=[serial], actor="test", ttl_days=ttl_days)[0].token
+        return ProvisionedDevice(serial=serial, token=token)
+
+    return make
+
+
+def make_csr(common_name: str, *, key: Any | None = None) -> tuple[str, Any]:
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode(), key
+
+
+@pytest.fixture(scope="session")
+def rsa_1024_key() -> Any:
+    return rsa.generate_private_key(public_exponent=65537, key_size=1024)
+
+
+def vend(api: APIClient, serial: str, token: str, **extra: Any) -> Any:
+    return api.post(VEND_URL, {"serial": serial, "token": token, **extra}, format="json")

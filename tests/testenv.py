@@ -1,0 +1,17 @@
+"""Loaded by pytest before Django starts (see pyproject.toml): the environment the suite runs in.
+
+Fixed, obviously fake secrets; SSL redirects off because the in-process test client speaks plain HTTP;
+AWS pointed at nothing real so a test that forgets moto cannot reach an account.
+"""
+
+import os
+
+os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-000000")
+os.environ.setdefault("CVM_TOKEN_HMAC_KEY", "test-token-hmac-key-not-for-production-0000")
+os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
+for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_IOT", "AWS_ENDPOINT_URL_DYNAMODB"):
+    os.environ.pop(name, None)
+os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+os.environ.pop("AWS_SESSION_TOKEN", None)
+os.environ["AWS_DEFAULT_REGION"] = os.environ["AWS_REGION"] = "us-east-1"

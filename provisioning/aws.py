@@ -67,6 +67,8 @@ class AwsError(Exception):
         self.code = code
         self.operation = operation
         self.retry_after = retry_after
+        # Set by certificate_provision when it could not remove the certificate it had created.
+        self.leftover_certificate_id: str | None = None
 
 
 class AwsUnavailable(AwsError):
@@ -113,7 +115,7 @@ def _refuse_hard_limits(response: Any = None, operation: Any = None, **_: Any) -
 
 def _config() -> Config:
     return Config(
-        retries={"mode": "standard", "max_attempts": settings.CVM_AWS_MAX_ATTEMPTS},
+        retries={"mode": "standard", "total_max_attempts": settings.CVM_AWS_MAX_ATTEMPTS},
         connect_timeout=settings.CVM_AWS_CONNECT_TIMEOUT,
         read_timeout=settings.CVM_AWS_READ_TIMEOUT,
         max_pool_connections=64,
@@ -245,13 +247,25 @@ def certificate_revoke(*, certificate_id: str, certificate_arn: str, thing_name:
 def certificate_discard(*, certificate_id: str, certificate_arn: str, thing_name: str, policy_name: str) -> None:
     """Undo a certificate that was never handed out: deactivate, detach, delete.
 
-    INACTIVE comes first so that, whatever fails after it, the certificate cannot be used.
+    INACTIVE comes first so that, whatever fails after it, the certificate cannot be used. Every step is
+    tried even when an earlier one failed (the activation we are undoing may never have happened), and
+    the first error is raised at the end.
     """
     iot = iot_client()
-    _ignore_missing("UpdateCertificate", iot.update_certificate, certificateId=certificate_id, newStatus="INACTIVE")
-    _ignore_missing("DetachThingPrincipal", iot.detach_thing_principal, thingName=thing_name, principal=certificate_arn)
-    _ignore_missing("DetachPolicy", iot.detach_policy, policyName=policy_name, target=certificate_arn)
-    _ignore_missing("DeleteCertificate", iot.delete_certificate, certificateId=certificate_id, forceDelete=True)
+    steps: list[tuple[str, Callable[..., Any], dict[str, Any]]] = [
+        ("UpdateCertificate", iot.update_certificate, {"certificateId": certificate_id, "newStatus": "INACTIVE"}),
+        ("DetachThingPrincipal", iot.detach_thing_principal, {"thingName": thing_name, "principal": certificate_arn}),
+        ("DetachPolicy", iot.detach_policy, {"policyName": policy_name, "target": certificate_arn}),
+        ("DeleteCertificate", iot.delete_certificate, {"certificateId": certificate_id, "forceDelete": True}),
+    ]
+    errors: list[AwsError] = []
+    for operation, fn, kwargs in steps:
+        try:
+            _ignore_missing(operation, fn, **kwargs)
+        except AwsError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 def certificate_describe(*, certificate_id: str) -> CertificateInfo | None:
@@ -319,13 +333,16 @@ def certificate_provision(
             future.result()
         certificate_activate(certificate_id=certificate.certificate_id)
         return certificate
-    except BaseException:
+    except BaseException as exc:
         if certificate is not None:
-            certificate_discard_quietly(certificate, thing_name=thing_name, policy_name=policy_name)
+            removed = certificate_discard_quietly(certificate, thing_name=thing_name, policy_name=policy_name)
+            if not removed and isinstance(exc, AwsError):
+                exc.leftover_certificate_id = certificate.certificate_id
         raise
 
 
-def certificate_discard_quietly(certificate: NewCertificate, *, thing_name: str, policy_name: str) -> None:
+def certificate_discard_quietly(certificate: NewCertificate, *, thing_name: str, policy_name: str) -> bool:
+    """Discard, logging instead of raising; False when AWS did not let us finish."""
     try:
         certificate_discard(
             certificate_id=certificate.certificate_id,
@@ -333,13 +350,14 @@ def certificate_discard_quietly(certificate: NewCertificate, *, thing_name: str,
             thing_name=thing_name,
             policy_name=policy_name,
         )
+        return True
     except AwsError as exc:
-        # The certificate was created INACTIVE and never activated, so it is unusable; recovery and
-        # `reconcile` delete it once AWS answers again.
+        # The device is flagged and the next vend for it, or `reconcile`, removes it once AWS answers.
         logger.warning(
             "could not discard an unissued certificate",
             extra={"certificate_id": certificate.certificate_id, "code": exc.code},
         )
+        return False
 
 
 def device_policy_document() -> dict[str, Any]:

@@ -20,8 +20,14 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in record.__dict__.items():
-            if key not in _RESERVED and not key.startswith("_"):
-                entry[key] = "[redacted]" if key in _SECRET_KEYS else value
+            if key in _RESERVED or key.startswith("_"):
+                continue
+            if key in _SECRET_KEYS:
+                value = "[redacted]"
+            elif key == "request" and hasattr(value, "path"):
+                # Django attaches the request to its own log records; its repr carries the query string.
+                value = value.path
+            entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=True)

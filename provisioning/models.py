@@ -41,6 +41,9 @@ class Device(models.Model):
     claim_id = models.UUIDField(null=True, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     thing_name = models.CharField(max_length=128, blank=True)
+    # A failed issuance could not remove a certificate it created (AWS was down); the next vend, or
+    # `reconcile`, removes whatever the thing holds that the database does not know before going on.
+    aws_cleanup_pending = models.BooleanField(default=False)
     current_certificate = models.OneToOneField(
         "Certificate", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )

@@ -405,10 +405,22 @@ def _busy(serial: str, client_address: str | None) -> None:
     raise VendRetryLater(409, BUSY_RETRY_AFTER, "a request for this device is being served; retry shortly")
 
 
-def _release_claim(device: Device, claim_id: uuid.UUID, *, client_address: str | None, **data: object) -> None:
+def _release_claim(
+    device: Device,
+    claim_id: uuid.UUID,
+    *,
+    client_address: str | None,
+    cleanup_pending: bool = False,
+    **data: object,
+) -> None:
     with transaction.atomic():
         released = Device.objects.filter(pk=device.pk, state=DeviceState.ISSUING, claim_id=claim_id).update(
-            state=DeviceState.TOKEN_ISSUED, claim_id=None, claimed_at=None, version=F("version") + 1
+            state=DeviceState.TOKEN_ISSUED,
+            claim_id=None,
+            claimed_at=None,
+            version=F("version") + 1,
+            # Never clears a flag set earlier: only a vend that removed the leftovers may do that.
+            **({"aws_cleanup_pending": True} if cleanup_pending else {}),
         )
         if released:
             _record(device.pk, kind=AuditKind.VEND_FAILED, actor=DEVICE_ACTOR, client_address=client_address, **data)
@@ -421,6 +433,8 @@ def _issue_claimed(
     thing_name = thing_name_for(device.serial)
     policy_name = settings.CVM_IOT_POLICY_NAME
     try:
+        if device.aws_cleanup_pending:
+            _discard_unknown_certificates(device)
         new = aws.certificate_provision(
             thing_name=thing_name,
             attributes={"serial": device.serial, "product": device.product.name},
@@ -432,6 +446,7 @@ def _issue_claimed(
             device,
             claim_id,
             client_address=client_address,
+            cleanup_pending=exc.leftover_certificate_id is not None,
             reason="aws_error",
             operation=exc.operation,
             code=exc.code,
@@ -449,8 +464,15 @@ def _issue_claimed(
     except BaseException:
         # The database could not record the certificate: withdraw it from AWS so no ACTIVE certificate
         # exists that the source of truth does not know about.
-        aws.certificate_discard_quietly(new, thing_name=thing_name, policy_name=policy_name)
-        _release_claim(device, claim_id, client_address=client_address, reason="record_failed", key_origin=key_origin)
+        removed = aws.certificate_discard_quietly(new, thing_name=thing_name, policy_name=policy_name)
+        _release_claim(
+            device,
+            claim_id,
+            client_address=client_address,
+            cleanup_pending=not removed,
+            reason="record_failed",
+            key_origin=key_origin,
+        )
         raise
     if not recorded:
         # Our claim was recovered as stale while AWS was slow; the certificate must not survive.
@@ -474,7 +496,11 @@ def _record_issued(
     now = timezone.now()
     with transaction.atomic():
         owned = Device.objects.filter(pk=device.pk, state=DeviceState.ISSUING, claim_id=claim_id).update(
-            state=DeviceState.ACTIVE, claim_id=None, claimed_at=None, version=F("version") + 1
+            state=DeviceState.ACTIVE,
+            claim_id=None,
+            claimed_at=None,
+            aws_cleanup_pending=False,
+            version=F("version") + 1,
         )
         if not owned:
             return False
@@ -521,14 +547,8 @@ def unknown_thing_certificates(device: Device) -> list[aws.CertificateInfo]:
     ]
 
 
-def claim_recover(*, device: Device, actor: str = SYSTEM_ACTOR) -> bool:
-    """Return a device whose issuance crashed to `token_issued`, removing what AWS was left holding.
-
-    Only a stale claim is touched; if its owner is merely slow, its own final step notices the claim is
-    gone and withdraws its certificate.
-    """
-    if device.state != DeviceState.ISSUING or not _claim_is_stale(device, timezone.now()):
-        return False
+def _discard_unknown_certificates(device: Device) -> list[str]:
+    """Deactivate, detach and delete what the thing holds that the database never recorded."""
     discarded = []
     for info in unknown_thing_certificates(device):
         aws.certificate_discard(
@@ -538,9 +558,25 @@ def claim_recover(*, device: Device, actor: str = SYSTEM_ACTOR) -> bool:
             policy_name=settings.CVM_IOT_POLICY_NAME,
         )
         discarded.append(info.certificate_id)
+    return discarded
+
+
+def claim_recover(*, device: Device, actor: str = SYSTEM_ACTOR) -> bool:
+    """Return a device whose issuance crashed to `token_issued`, removing what AWS was left holding.
+
+    Only a stale claim is touched; if its owner is merely slow, its own final step notices the claim is
+    gone and withdraws its certificate.
+    """
+    if device.state != DeviceState.ISSUING or not _claim_is_stale(device, timezone.now()):
+        return False
+    discarded = _discard_unknown_certificates(device)
     with transaction.atomic():
         released = Device.objects.filter(pk=device.pk, state=DeviceState.ISSUING, claim_id=device.claim_id).update(
-            state=DeviceState.TOKEN_ISSUED, claim_id=None, claimed_at=None, version=F("version") + 1
+            state=DeviceState.TOKEN_ISSUED,
+            claim_id=None,
+            claimed_at=None,
+            aws_cleanup_pending=False,
+            version=F("version") + 1,
         )
         if released:
             _record(device.pk, kind=AuditKind.CLAIM_RECOVERED, actor=actor, discarded_certificates=discarded)

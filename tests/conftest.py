@@ -20,6 +20,7 @@ from rest_framework.test import APIClient
 
 from provisioning import aws, services
 from provisioning.models import Device
+from scripts.emulator import apply_fixes
 
 VEND_URL = "/api/v1/certificates"
 
@@ -61,6 +62,7 @@ class AwsView:
 @pytest.fixture
 def aws_mock() -> Iterator[AwsView]:
     """In-process moto with the policy and table `bootstrap_aws` creates."""
+    apply_fixes()
     with mock_aws():
         aws.clients_reset()
         call_command("bootstrap_aws", stdout=open("/dev/null", "w"))  # noqa: SIM115
@@ -80,6 +82,10 @@ class _Raw:
 class Fault:
     operation: str
     calls: int = 0
+    active: bool = True
+
+    def heal(self) -> None:
+        self.active = False
 
 
 @pytest.fixture
@@ -90,16 +96,30 @@ def aws_fault(aws_mock: AwsView) -> Callable[..., Fault]:
     """
     registered: list[tuple[str, Callable[..., Any]]] = []
 
-    def install(operation: str, *, code: str = "ServiceUnavailableException", status: int = 503, times: int = 10**6):
+    def install(
+        operation: str,
+        *,
+        code: str = "ServiceUnavailableException",
+        status: int = 503,
+        times: int = 10**6,
+        reached_aws: bool = False,
+    ):
+        """`reached_aws=True` lets AWS (moto) carry the call out and loses only the answer, as a read
+        timeout does; otherwise the call never arrives."""
         fault = Fault(operation)
 
         def handler(**kwargs: Any) -> AWSResponse | None:
-            if fault.calls >= times:
+            if not fault.active or fault.calls >= times:
                 return None
             fault.calls += 1
             body = json.dumps({"message": "injected failure", "__type": code}).encode()
             headers = {"x-amzn-ErrorType": code, "Content-Type": "application/json"}
-            return AWSResponse(kwargs["request"].url, status, headers, _Raw(body))
+            request = kwargs["request"]
+            response = AWSResponse(request.url, status, headers, _Raw(body))
+            if not reached_aws:
+                # Every before-send handler runs; moto's matches on the URL, so point it elsewhere.
+                request.url = "https://fault-injected.invalid/"
+            return response
 
         event = f"before-send.iot.{operation}"
         aws.iot_client().meta.events.register_first(event, handler)
@@ -154,7 +174,7 @@ def make_csr(common_name: str, *, key: Any | None = None) -> tuple[str, Any]:
 
 @pytest.fixture(scope="session")
 def rsa_1024_key() -> Any:
-    return rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    return rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - the weak key under test
 
 
 def vend(api: APIClient, serial: str, token: str, **extra: Any) -> Any:

@@ -5,6 +5,9 @@ AWS pointed at nothing real so a test that forgets moto cannot reach an account.
 """
 
 import os
+from pathlib import Path
+
+Path(__file__).resolve().parent.parent.joinpath("var").mkdir(exist_ok=True)
 
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-000000")
 os.environ.setdefault("CVM_TOKEN_HMAC_KEY", "test-token-hmac-key-not-for-production-0000")

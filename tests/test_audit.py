@@ -1,0 +1,91 @@
+"""The audit log is append-only and `verify_audit` finds any edited, inserted or deleted row."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection, transaction
+
+from provisioning.audit import audit_append, audit_verify
+from provisioning.models import AuditEvent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def five_events() -> list[AuditEvent]:
+    events = []
+    for i in range(5):
+        with transaction.atomic():
+            events.append(audit_append(kind="token_issued", actor="alice", serial=f"SN-{i}", data={"n": i}))
+    return events
+
+
+def sql(statement: str, *params: object) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+
+
+def test_clean_log_verifies(five_events, capsys):
+    call_command("verify_audit")
+    assert capsys.readouterr().out.startswith("audit log intact: 5 event(s), head ")
+
+
+def test_edited_row_is_detected(five_events):
+    sql("UPDATE provisioning_auditevent SET actor = %s WHERE seq = 3", "mallory")
+
+    with pytest.raises(CommandError, match="#3: content does not match its hash"):
+        call_command("verify_audit")
+
+
+def test_deleted_row_is_detected(five_events):
+    sql("DELETE FROM provisioning_auditevent WHERE seq = 2")
+
+    with pytest.raises(CommandError, match="#3: expected #2 here"):
+        call_command("verify_audit")
+
+
+def test_deleted_newest_row_is_detected(five_events):
+    sql("DELETE FROM provisioning_auditevent WHERE seq = 5")
+
+    problems = audit_verify()
+    assert [str(p) for p in problems] == ["audit event #5: the newest events are missing: rows deleted at the end"]
+
+
+def test_inserted_row_is_detected(five_events):
+    # A forged row squeezed in with a plausible hash of its own, and later rows renumbered.
+    sql("UPDATE provisioning_auditevent SET seq = seq + 100 WHERE seq >= 3")
+    sql("UPDATE provisioning_auditevent SET seq = seq - 99 WHERE seq >= 103")
+    third = five_events[2]
+    sql(
+        "INSERT INTO provisioning_auditevent (seq, created_at, kind, actor, serial, client_address, data, prev_hash, hash)"
+        " VALUES (3, %s, 'device_revoked', 'mallory', 'SN-9', NULL, %s, %s, %s)",
+        third.created_at,
+        "{}",
+        five_events[1].hash,
+        "f" * 64,
+    )
+
+    with pytest.raises(CommandError, match="audit log broken"):
+        call_command("verify_audit")
+    assert any("#3" in str(p) for p in audit_verify())
+
+
+def test_the_orm_refuses_to_change_or_delete_events(five_events):
+    event = AuditEvent.objects.get(seq=1)
+    event.actor = "mallory"
+    with pytest.raises(PermissionError):
+        event.save()
+    with pytest.raises(PermissionError):
+        event.delete()
+    with pytest.raises(PermissionError):
+        AuditEvent.objects.filter(seq=1).update(actor="mallory")
+    with pytest.raises(PermissionError):
+        AuditEvent.objects.all().delete()
+    assert audit_verify() == []
+
+
+def test_appending_outside_a_transaction_is_refused(db):
+    with pytest.raises(RuntimeError):
+        audit_append(kind="token_issued", actor="alice")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -125,20 +126,29 @@ def _config() -> Config:
 _client_lock = threading.Lock()
 
 
+def _client(service: str) -> Any:
+    # Endpoints come from boto3's own environment variables (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_IOT ...),
+    # which an explicit endpoint_url would override. botocore reads AWS_DEFAULT_REGION but not
+    # AWS_REGION, which the SDKs of other languages use, so that one is passed on here.
+    try:
+        with _client_lock:  # building clients from one session in parallel is not thread safe
+            return boto3.session.Session().client(
+                service, region_name=os.environ.get("AWS_REGION") or None, config=_config()
+            )
+    except BotoCoreError as exc:  # no region, no credentials file, a malformed endpoint ...
+        raise AwsRejected(type(exc).__name__, f"create {service} client") from None
+
+
 @functools.cache
 def iot_client() -> Any:
-    # Endpoint and region come from boto3's own environment variables (AWS_ENDPOINT_URL,
-    # AWS_ENDPOINT_URL_IOT, AWS_REGION ...), which an explicit endpoint_url would override.
-    with _client_lock:  # boto3's default session is not safe to build clients from in parallel
-        client = boto3.session.Session().client("iot", config=_config())
+    client = _client("iot")
     client.meta.events.register_first("needs-retry.iot", _refuse_hard_limits)
     return client
 
 
 @functools.cache
 def dynamodb_client() -> Any:
-    with _client_lock:
-        return boto3.session.Session().client("dynamodb", config=_config())
+    return _client("dynamodb")
 
 
 @functools.cache

@@ -59,7 +59,8 @@ def test_inserted_row_is_detected(five_events):
     sql("UPDATE provisioning_auditevent SET seq = seq - 99 WHERE seq >= 103")
     third = five_events[2]
     sql(
-        "INSERT INTO provisioning_auditevent (seq, created_at, kind, actor, serial, client_address, data, prev_hash, hash)"
+        "INSERT INTO provisioning_auditevent"
+        " (seq, created_at, kind, actor, serial, client_address, data, prev_hash, hash)"
         " VALUES (3, %s, 'device_revoked', 'mallory', 'SN-9', NULL, %s, %s, %s)",
         third.created_at,
         "{}",

@@ -1,0 +1,166 @@
+"""`make run`: the portal on https://127.0.0.1:8443/ with everything it needs, stopped by Ctrl-C.
+
+With no AWS configured (no AWS_ENDPOINT_URL, AWS_PROFILE or AWS_ACCESS_KEY_ID in the environment) it
+starts the local AWS emulator on 127.0.0.1:5000 and points the portal at it. Secrets, TLS material and
+the SQLite database live in var/ and are reused on the next run.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.local_tls import ensure_tls
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var"
+PYTHON = sys.executable
+EMULATOR_PORT = 5000
+PORTAL_BIND = os.environ.get("GUNICORN_BIND", "127.0.0.1:8443")
+
+
+def secret_file(name: str) -> str:
+    """A random secret kept in var/ (mode 0600), created on first use."""
+    path = VAR / name
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{what} exited with status {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"{what} did not start listening on port {port}")
+
+
+class Launcher:
+    def __init__(self) -> None:
+        self.children: list[tuple[str, subprocess.Popen]] = []
+        self.env = os.environ.copy()
+
+    def start(self, what: str, args: list[str], *, log: Path | None = None) -> subprocess.Popen:
+        # A session of its own, so Ctrl-C reaches only us and we stop the children in order.
+        output = open(log, "ab") if log else None  # noqa: SIM115 - handed to the child, closed at exit
+        process = subprocess.Popen(args, cwd=ROOT, env=self.env, start_new_session=True, stdout=output, stderr=output)
+        self.children.append((what, process))
+        return process
+
+    def manage(self, *args: str) -> None:
+        subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=self.env, check=True)
+
+    def stop(self) -> None:
+        for _, process in reversed(self.children):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for what, process in reversed(self.children):
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"{what} did not stop in time; killing it", file=sys.stderr)
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def run(self) -> int:
+        VAR.mkdir(exist_ok=True)
+        self.env.setdefault("SECRET_KEY", secret_file("secret_key"))
+        self.env.setdefault("CVM_TOKEN_HMAC_KEY", secret_file("token_hmac_key"))
+        # HSTS pins a host to HTTPS for a year; not something to do to a developer's "localhost".
+        self.env.setdefault("SECURE_HSTS_SECONDS", "0")
+        embedded = not any(name in os.environ for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_ACCESS_KEY_ID"))
+        if embedded:
+            self.env["AWS_SECRET_ACCESS_KEY"] = "local"  # noqa: S105 - the emulator accepts any key
+            self.env.update(
+                AWS_ENDPOINT_URL=f"http://127.0.0.1:{EMULATOR_PORT}",
+                AWS_ACCESS_KEY_ID="local",
+                AWS_REGION="us-east-1",
+            )
+            self.env.pop("AWS_SESSION_TOKEN", None)
+        tls = ensure_tls(VAR / "tls")
+
+        if embedded:
+            emulator = self.start(
+                "AWS emulator",
+                [PYTHON, "-m", "scripts.emulator", "--port", str(EMULATOR_PORT)],
+                log=VAR / "emulator.log",
+            )
+            wait_for_port(EMULATOR_PORT, emulator, "the AWS emulator")
+        self.manage("migrate", "--noinput", "-v0")
+        self.manage("collectstatic", "--noinput", "-v0")
+        self.manage("bootstrap_aws")
+        self.manage("ensure_admin")
+        self.start("DynamoDB sync", [PYTHON, "manage.py", "sync_dynamodb"])
+        portal = self.start(
+            "portal",
+            [
+                PYTHON, "-m", "gunicorn", "cvm_portal.wsgi:application",
+                "--config", str(ROOT / "gunicorn.conf.py"),
+                "--bind", PORTAL_BIND,
+                "--certfile", str(tls.server_cert),
+                "--keyfile", str(tls.server_key),
+            ],
+        )  # fmt: skip
+        wait_for_port(int(PORTAL_BIND.rsplit(":", 1)[1]), portal, "the portal")
+        aws_note = (
+            f"local emulator on 127.0.0.1:{EMULATOR_PORT} (its state is lost when it stops)"
+            if embedded
+            else "from your environment"
+        )
+        print(
+            f"\nCVM portal: https://{PORTAL_BIND}/  (admin at /admin/, API docs at /api/docs)\n"
+            f"TLS CA to trust: {tls.ca_cert}\n"
+            f"AWS: {aws_note}\n"
+            "Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        parent = os.getppid()
+        while True:
+            if os.getppid() != parent:
+                # make (or the shell) that started us is gone: nobody is left to press Ctrl-C.
+                print("parent process exited; stopping", file=sys.stderr)
+                return 1
+            for what, process in self.children:
+                if process.poll() is not None:
+                    print(f"{what} exited with status {process.returncode}; stopping", file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+
+
+def main() -> int:
+    launcher = Launcher()
+
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        return launcher.run()
+    except KeyboardInterrupt:
+        print("\nstopping ...", file=sys.stderr)
+        return 0
+    except subprocess.CalledProcessError as exc:
+        print(f"{' '.join(map(str, exc.cmd[1:3]))} failed with status {exc.returncode}", file=sys.stderr)
+        return 1
+    finally:
+        launcher.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

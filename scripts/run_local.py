@@ -78,6 +78,16 @@ class Launcher:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
+    def write_local_env(self, embedded: bool) -> None:
+        """var/local.env: what a second terminal sources to run management commands against this portal."""
+        names = ["SECRET_KEY", "CVM_TOKEN_HMAC_KEY", "DATABASE_URL"]
+        if embedded:
+            names += ["AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"]
+        lines = [f"{name}={self.env[name]}" for name in names if name in self.env]
+        fd = os.open(VAR / "local.env", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+
     def run(self) -> int:
         VAR.mkdir(exist_ok=True)
         self.env.setdefault("SECRET_KEY", secret_file("secret_key"))
@@ -94,6 +104,7 @@ class Launcher:
             )
             self.env.pop("AWS_SESSION_TOKEN", None)
         tls = ensure_tls(VAR / "tls")
+        self.write_local_env(embedded)
 
         if embedded:
             emulator = self.start(

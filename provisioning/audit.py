@@ -17,21 +17,23 @@ from .models import AuditChainHead, AuditEvent
 GENESIS_HASH = "0" * 64
 
 
-def _event_hash(
-    *,
-    seq: int,
-    created_at: datetime,
-    kind: str,
-    actor: str,
-    serial: str,
-    client_address: str | None,
-    data: dict[str, Any],
-    prev_hash: str,
-) -> str:
-    # Canonical JSON (sorted keys, fixed separators) so the same row always hashes the same, whatever
-    # database stored it.
+def _event_hash(event: AuditEvent) -> str:
+    """SHA-256 over the event's content and its predecessor's hash.
+
+    Canonical JSON (sorted keys, fixed separators) so the same row always hashes the same, whatever
+    database stored it.
+    """
     body = json.dumps(
-        [seq, created_at.astimezone(UTC).isoformat(), kind, actor, serial, client_address, data, prev_hash],
+        [
+            event.seq,
+            event.created_at.astimezone(UTC).isoformat(),
+            event.kind,
+            event.actor,
+            event.serial,
+            event.client_address,
+            event.data,
+            event.prev_hash,
+        ],
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=True,
@@ -63,32 +65,19 @@ def audit_append_many(events: list[NewEvent]) -> list[AuditEvent]:
     rows = []
     for event in events:
         seq += 1
-        # Round-trip through JSON so the hash covers exactly what the database will give back.
-        payload = json.loads(json.dumps(event.data, default=str))
-        event_hash = _event_hash(
+        # `data` round-trips through JSON so the hash covers exactly what the database will give back.
+        row = AuditEvent(
             seq=seq,
             created_at=created_at,
             kind=event.kind,
             actor=event.actor,
             serial=event.serial,
             client_address=event.client_address,
-            data=payload,
+            data=json.loads(json.dumps(event.data, default=str)),
             prev_hash=prev_hash,
         )
-        rows.append(
-            AuditEvent(
-                seq=seq,
-                created_at=created_at,
-                kind=event.kind,
-                actor=event.actor,
-                serial=event.serial,
-                client_address=event.client_address,
-                data=payload,
-                prev_hash=prev_hash,
-                hash=event_hash,
-            )
-        )
-        prev_hash = event_hash
+        row.hash = prev_hash = _event_hash(row)
+        rows.append(row)
     AuditEvent.objects.bulk_create(rows, batch_size=2000)
     AuditChainHead.objects.filter(pk=1).update(last_seq=seq, last_hash=prev_hash)
     return rows
@@ -130,17 +119,7 @@ def audit_verify() -> list[AuditProblem]:
             problems.append(AuditProblem(event.seq, f"expected #{expected_seq} here: rows deleted or inserted"))
         if event.prev_hash != prev_hash:
             problems.append(AuditProblem(event.seq, "does not chain to the event before it"))
-        recomputed = _event_hash(
-            seq=event.seq,
-            created_at=event.created_at,
-            kind=event.kind,
-            actor=event.actor,
-            serial=event.serial,
-            client_address=event.client_address,
-            data=event.data,
-            prev_hash=event.prev_hash,
-        )
-        if recomputed != event.hash:
+        if _event_hash(event) != event.hash:
             problems.append(AuditProblem(event.seq, "content does not match its hash: the row was edited"))
         prev_hash = event.hash
         expected_seq = event.seq + 1

@@ -5,6 +5,7 @@ have no defaults: `make run` generates them into `var/` for the local portal, an
 missing secret stops the process at start-up with a message naming the variable.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -36,7 +37,7 @@ if not ALLOWED_HOSTS:
     raise ImproperlyConfigured("ALLOWED_HOSTS must name at least one host")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "cvm_portal.apps.PortalAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -45,6 +46,9 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "provisioning",
 ]
 
@@ -57,8 +61,16 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: it turns a locked-out login into its lockout answer.
+    "axes.middleware.AxesMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "cvm_portal.urls"
@@ -131,6 +143,18 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# --- Staff login: lockout with a cool-off (so nobody can lock staff out for good), optional TOTP.
+AXES_FAILURE_LIMIT = env.int("CVM_ADMIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("CVM_ADMIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "provisioning.middleware.client_address"
+AXES_LOCKOUT_TEMPLATE = "admin/locked_out.html"
+AXES_VERBOSE = False
+# With it on, staff must log in with a TOTP code from a device enrolled in the admin (django-otp).
+CVM_ADMIN_2FA = env.bool("CVM_ADMIN_2FA", default=False)
+OTP_TOTP_ISSUER = "CVM portal"
 
 # --- REST API
 REST_FRAMEWORK = {

@@ -159,6 +159,7 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-seq"]
+        permissions = [("view_audit", "Can see the dashboard and export audit data as CSV")]
         indexes = [
             models.Index(fields=["serial", "kind", "created_at"], name="audit_serial_kind_time"),
             models.Index(fields=["client_address", "kind", "created_at"], name="audit_address_kind_time"),

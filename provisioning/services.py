@@ -231,6 +231,16 @@ def devices_import(*, rows: list[ImportRow], actor: str) -> ImportReport:
     return ImportReport(created=len(new_rows), already_known=len(known), products_created=len(missing))
 
 
+def device_register(*, serial: str, product_name: str, actor: str) -> Device:
+    """Register one serial (the admin's "add device")."""
+    if not SERIAL_RE.match(serial):
+        raise ServiceError(f"{serial[:70]!r} is not a valid serial")
+    if Device.objects.filter(serial=serial).exists():
+        raise ServiceError(f"serial {serial} is already registered")
+    devices_import(rows=[ImportRow(line=1, serial=serial, product=product_name or DEFAULT_PRODUCT)], actor=actor)
+    return Device.objects.select_related("product").get(serial=serial)
+
+
 # --- Tokens -------------------------------------------------------------------------------------
 
 TOKEN_ISSUABLE = (DeviceState.REGISTERED, DeviceState.TOKEN_ISSUED)
@@ -585,6 +595,19 @@ def claim_recover(*, device: Device, actor: str = SYSTEM_ACTOR) -> bool:
     return bool(released)
 
 
+# --- Staff ------------------------------------------------------------------------------------
+
+
+def staff_login_record(*, username: str, succeeded: bool, client_address: str | None) -> None:
+    """Audit a login to the staff portal; never the password."""
+    with transaction.atomic():
+        audit_append(
+            kind=AuditKind.ADMIN_LOGIN if succeeded else AuditKind.ADMIN_LOGIN_FAILED,
+            actor=username[:150],
+            client_address=client_address,
+        )
+
+
 # --- Revoke and reset ---------------------------------------------------------------------------
 
 
@@ -652,3 +675,39 @@ def device_reset(*, serial: str, actor: str, reason: str = "reset", ttl_days: in
             raise ServiceError(f"device {serial} changed while it was being reset; try again")
         _record(device.pk, kind=AuditKind.DEVICE_RESET, actor=actor, reason=reason[:255], expires_at=expires_at)
     return IssuedToken(serial=serial, token=token, expires_at=expires_at)
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What a bulk action did to each device: the ones that worked, and why the others did not."""
+
+    succeeded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    tokens: list[IssuedToken] = field(default_factory=list)
+
+
+def devices_revoke(*, serials: list[str], reason: str, actor: str) -> BatchOutcome:
+    """Revoke each device on its own: one failing (AWS down, wrong state) leaves the others done."""
+    outcome = BatchOutcome()
+    for serial in serials:
+        try:
+            device_revoke(serial=serial, reason=reason, actor=actor)
+            outcome.succeeded.append(serial)
+        except ServiceError as exc:
+            outcome.failed[serial] = str(exc)
+        except aws.AwsError as exc:
+            outcome.failed[serial] = f"AWS IoT did not answer ({exc.code}); nothing changed, try again"
+    return outcome
+
+
+def devices_reset(*, serials: list[str], reason: str, actor: str, ttl_days: int | None = None) -> BatchOutcome:
+    outcome = BatchOutcome()
+    for serial in serials:
+        try:
+            outcome.tokens.append(device_reset(serial=serial, actor=actor, reason=reason, ttl_days=ttl_days))
+            outcome.succeeded.append(serial)
+        except ServiceError as exc:
+            outcome.failed[serial] = str(exc)
+        except aws.AwsError as exc:
+            outcome.failed[serial] = f"AWS IoT did not answer ({exc.code}); nothing changed, try again"
+    return outcome

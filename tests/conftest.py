@@ -26,6 +26,12 @@ VEND_URL = "/api/v1/certificates"
 
 
 @pytest.fixture(autouse=True)
+def _fast_password_hashing(settings) -> None:
+    # PBKDF2 with Django's work factor costs ~0.3 s per password; tests are not about that.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def _clear_cache() -> Iterator[None]:
     cache.clear()
     yield
@@ -179,3 +185,54 @@ def rsa_1024_key() -> Any:
 
 def vend(api: APIClient, serial: str, token: str, **extra: Any) -> Any:
     return api.post(VEND_URL, {"serial": serial, "token": token, **extra}, format="json")
+
+
+def _staff(username: str, group: str | None = None, **extra: Any):
+    import importlib
+
+    from django.apps import apps
+    from django.contrib.auth.models import Group, User
+
+    if not Group.objects.filter(name="factory").exists():
+        # A transactional test flushed the groups the migration made; make them again the same way.
+        importlib.import_module("provisioning.migrations.0004_roles").create_roles(apps, None)
+    user = User.objects.create_user(username=username, password="a-long-test-password-1", is_staff=True, **extra)
+    if group:
+        user.groups.add(Group.objects.get(name=group))
+    return user
+
+
+@pytest.fixture
+def factory_user(db: None):
+    return _staff("fiona", "factory")
+
+
+@pytest.fixture
+def security_user(db: None):
+    return _staff("sam", "security")
+
+
+@pytest.fixture
+def auditor_user(db: None):
+    return _staff("aude", "auditor")
+
+
+@pytest.fixture
+def outsider_user(db: None):
+    return _staff("otto")
+
+
+@pytest.fixture
+def superuser(db: None):
+    return _staff("root", is_superuser=True)
+
+
+@pytest.fixture
+def as_user(client):
+    """Log a user into the Django test client (django-axes needs a request for password logins)."""
+
+    def login(user):
+        client.force_login(user)
+        return client
+
+    return login

@@ -1,0 +1,619 @@
+"""The staff portal. Every change goes through a service; the admin only collects input and reports.
+
+Roles (SPEC §8) are groups created by a migration: `factory` adds and imports serials and issues
+tokens, `security` also revokes and resets, `auditor` reads everything and exports CSV. Nobody edits a
+device, certificate or audit event directly, superusers included: the state machine and the audit
+chain would not survive it.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+from collections.abc import Iterator
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.cache import add_never_cache_headers
+from django.utils.html import format_html
+from django.utils.http import urlencode
+
+from .models import AuditEvent, Certificate, Device, DeviceState, DynamoOutbox, Product
+from .services import (
+    ImportInvalid,
+    IssuedToken,
+    ServiceError,
+    device_register,
+    devices_import,
+    devices_reset,
+    devices_revoke,
+    serials_parse_csv,
+    tokens_issue,
+)
+from .tokenfiles import tokens_csv
+from .validators import SERIAL_RE
+
+MAX_IMPORT_BYTES = 20 * 1024 * 1024
+
+
+def actor_of(request: HttpRequest) -> str:
+    return f"staff:{request.user.get_username()}"
+
+
+class Echo:
+    """A write-only file for csv.writer that hands each line straight to the streaming response."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def _csv_safe(value: Any) -> str:
+    text = "" if value is None else str(value)
+    # A cell that starts like a formula is run by spreadsheets; a quote makes it plain text.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+class CsvExportMixin:
+    """An "Export CSV" link on the changelist that exports exactly the filtered, searched list."""
+
+    export_fields: tuple[str, ...] = ()
+
+    def get_urls(self):
+        info = self.model._meta.app_label, self.model._meta.model_name
+        return [
+            path("export/", self.admin_site.admin_view(self.export_view), name=f"{info[0]}_{info[1]}_export"),
+            *super().get_urls(),
+        ]
+
+    def can_export(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request) and request.user.has_perm("provisioning.view_audit")
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        extra_context = {**(extra_context or {}), "can_export": self.can_export(request)}
+        return super().changelist_view(request, extra_context)
+
+    def export_view(self, request: HttpRequest) -> StreamingHttpResponse:
+        if not self.can_export(request):
+            raise PermissionDenied
+        changelist = self.get_changelist_instance(request)
+        queryset = changelist.get_queryset(request)
+        writer = csv.writer(Echo())
+
+        def rows() -> Iterator[str]:
+            yield writer.writerow(self.export_fields)
+            for obj in queryset.iterator(chunk_size=2000):
+                yield writer.writerow([_csv_safe(self.export_value(obj, name)) for name in self.export_fields])
+
+        response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{self.model._meta.model_name}s.csv"'
+        add_never_cache_headers(response)
+        return response
+
+    def export_value(self, obj: Any, name: str) -> Any:
+        value = obj
+        for part in name.split("__"):
+            value = getattr(value, part, None)
+        return value
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Nobody adds, changes or deletes here, superusers included."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+# --- Products -----------------------------------------------------------------------------------
+
+
+@admin.register(Product)
+class ProductAdmin(admin.ModelAdmin):
+    list_display = ["name", "description", "created_at"]
+    search_fields = ["name"]
+    fields = ["name", "description"]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # The name is copied into every thing's attributes and the DynamoDB table; it does not change.
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+# --- Devices ------------------------------------------------------------------------------------
+
+
+class DeviceAddForm(forms.ModelForm):
+    class Meta:
+        model = Device
+        fields = ["serial", "product"]
+
+    def clean_serial(self) -> str:
+        serial = self.cleaned_data["serial"].strip()
+        if not SERIAL_RE.match(serial):
+            raise forms.ValidationError("1-64 characters: letters, digits, ':', '_' or '-', not starting with ':_-'")
+        return serial
+
+
+class ImportForm(forms.Form):
+    file = forms.FileField(help_text="CSV with the header serial or serial,product")
+    product = forms.CharField(required=False, max_length=64, help_text="product for rows that name none")
+
+
+class TtlForm(forms.Form):
+    ttl_days = forms.IntegerField(
+        min_value=1, max_value=3650, initial=settings.CVM_TOKEN_TTL_DAYS, label="Token lifetime (days)"
+    )
+
+
+class RevokeForm(forms.Form):
+    reason = forms.CharField(max_length=255, help_text="recorded in the audit log and the certificate history")
+
+
+class ResetForm(TtlForm):
+    reason = forms.CharField(max_length=255, help_text="recorded in the audit log")
+
+
+class CertificateInline(admin.TabularInline):
+    model = Certificate
+    fields = ["certificate_link", "status", "key_origin", "fingerprint_sha256", "issued_at", "revoked_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+    ordering = ["-issued_at"]
+
+    @admin.display(description="certificate")
+    def certificate_link(self, obj: Certificate) -> str:
+        url = reverse("admin:provisioning_certificate_change", args=[obj.pk])
+        return format_html('<a href="{}">{}</a>', url, obj.certificate_id[:16] + "…")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Device)
+class DeviceAdmin(CsvExportMixin, admin.ModelAdmin):
+    list_display = ["serial", "product", "state", "current_certificate_id", "token_expires_at", "updated_at"]
+    list_filter = ["state", "product"]
+    search_fields = ["=serial", "current_certificate__certificate_id", "current_certificate__fingerprint_sha256"]
+    list_select_related = ["product", "current_certificate"]
+    show_full_result_count = False
+    date_hierarchy = "created_at"
+    ordering = ["serial"]
+    list_per_page = 100
+    actions = ["issue_tokens_action", "revoke_action", "reset_action"]
+    inlines = [CertificateInline]
+    readonly_fields = [
+        "serial",
+        "product",
+        "state",
+        "thing_name",
+        "current_certificate",
+        "token_issued_at",
+        "token_expires_at",
+        "last_request_at",
+        "claimed_at",
+        "aws_cleanup_pending",
+        "version",
+        "created_at",
+        "updated_at",
+        "history_links",
+    ]
+    fields = readonly_fields
+    export_fields = (
+        "serial",
+        "product__name",
+        "state",
+        "thing_name",
+        "current_certificate__certificate_id",
+        "token_expires_at",
+        "last_request_at",
+        "created_at",
+    )
+
+    @admin.display(description="certificate", ordering="current_certificate__certificate_id")
+    def current_certificate_id(self, obj: Device) -> str:
+        return obj.current_certificate.certificate_id[:16] + "…" if obj.current_certificate else "-"
+
+    @admin.display(description="history")
+    def history_links(self, obj: Device) -> str:
+        certificates = reverse("admin:provisioning_certificate_changelist") + "?" + urlencode({"device__exact": obj.pk})
+        events = reverse("admin:provisioning_auditevent_changelist") + "?" + urlencode({"serial": obj.serial})
+        return format_html('<a href="{}">certificates</a> · <a href="{}">audit events</a>', certificates, events)
+
+    # Permissions: adding goes through the service; nothing is edited or deleted in place.
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_issue_token_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("provisioning.issue_token")
+
+    def has_revoke_device_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("provisioning.revoke_device")
+
+    def has_reset_device_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("provisioning.reset_device")
+
+    def has_import_devices_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("provisioning.import_devices")
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any):
+        if obj is None:
+            kwargs["form"] = DeviceAddForm
+            kwargs["fields"] = ["serial", "product"]
+        return super().get_form(request, obj, change, **kwargs)
+
+    def get_fields(self, request: HttpRequest, obj: Any = None):
+        return ["serial", "product"] if obj is None else self.fields
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None):
+        return [] if obj is None else self.readonly_fields
+
+    def get_inlines(self, request: HttpRequest, obj: Any = None):
+        return self.inlines if obj is not None else []
+
+    def save_model(self, request: HttpRequest, obj: Device, form: Any, change: bool) -> None:
+        # The registration service writes the audit event and the DynamoDB outbox row with the device.
+        registered = device_register(serial=obj.serial, product_name=obj.product.name, actor=actor_of(request))
+        obj.pk = registered.pk
+        obj.refresh_from_db()
+
+    def log_addition(self, request: HttpRequest, obj: Any, message: Any):
+        return None  # the audit log records it; Django's own LogEntry would only duplicate it
+
+    def get_urls(self):
+        return [
+            path("import/", self.admin_site.admin_view(self.import_view), name="provisioning_device_import"),
+            path("<int:pk>/revoke/", self.admin_site.admin_view(self.revoke_view), name="provisioning_device_revoke"),
+            path("<int:pk>/reset/", self.admin_site.admin_view(self.reset_view), name="provisioning_device_reset"),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        # Django quietly ignores an action the user may not run; refuse it outright instead.
+        posted_action = request.POST.get("action") if request.method == "POST" else None
+        if posted_action is not None and posted_action not in self.get_actions(request):
+            raise PermissionDenied
+        extra_context = {**(extra_context or {}), "can_import": self.has_import_devices_permission(request)}
+        return super().changelist_view(request, extra_context)
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
+        extra_context = {
+            **(extra_context or {}),
+            "can_revoke": self.has_revoke_device_permission(request),
+            "can_reset": self.has_reset_device_permission(request),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    # --- Import -------------------------------------------------------------------------------
+
+    def import_view(self, request: HttpRequest) -> HttpResponse:
+        """Upload, preview (what will be added, what is known, what is wrong), confirm."""
+        if not self.has_import_devices_permission(request):
+            raise PermissionDenied
+        context: dict[str, Any] = {**self.admin_site.each_context(request), "opts": self.model._meta}
+        if request.method == "POST" and "confirm" in request.POST:
+            text = request.POST.get("csv_text", "")
+            product = request.POST.get("product") or None
+            try:
+                rows = serials_parse_csv(text, default_product=product)
+            except ImportInvalid as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+                return HttpResponseRedirect(reverse("admin:provisioning_device_import"))
+            report = devices_import(rows=rows, actor=actor_of(request))
+            self.message_user(
+                request,
+                f"Imported {report.created} new serial(s); {report.already_known} already known; "
+                f"{report.products_created} new product(s).",
+                messages.SUCCESS,
+            )
+            return HttpResponseRedirect(reverse("admin:provisioning_device_changelist"))
+        form = ImportForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            upload = form.cleaned_data["file"]
+            if upload.size > MAX_IMPORT_BYTES:
+                form.add_error("file", f"the file is larger than {MAX_IMPORT_BYTES // (1024 * 1024)} MiB")
+            else:
+                try:
+                    text = upload.read().decode("utf-8-sig")
+                except UnicodeDecodeError:
+                    form.add_error("file", "the file is not UTF-8 text")
+                else:
+                    context.update(self._import_preview(text, form.cleaned_data["product"] or None))
+        context["form"] = form
+        context["title"] = "Import serials"
+        return TemplateResponse(request, "admin/provisioning/device/import.html", context)
+
+    @staticmethod
+    def _import_preview(text: str, product: str | None) -> dict[str, Any]:
+        try:
+            rows = serials_parse_csv(text, default_product=product)
+        except ImportInvalid as exc:
+            return {"errors": exc.errors, "csv_text": None}
+        known = set()
+        serials = [row.serial for row in rows]
+        for start in range(0, len(serials), 900):
+            known.update(
+                Device.objects.filter(serial__in=serials[start : start + 900]).values_list("serial", flat=True)
+            )
+        new = [row for row in rows if row.serial not in known]
+        return {
+            "errors": [],
+            "csv_text": text,
+            "product": product or "",
+            "new_rows": new[:200],
+            "new_count": len(new),
+            "known_count": len(known),
+        }
+
+    # --- Tokens -------------------------------------------------------------------------------
+
+    @admin.action(description="Issue registration tokens", permissions=["issue_token"])
+    def issue_tokens_action(self, request: HttpRequest, queryset: QuerySet[Device]) -> HttpResponse | None:
+        devices = list(queryset.select_related("product").order_by("serial"))
+        form = TtlForm(request.POST if "confirm" in request.POST else None)
+        if "confirm" in request.POST and form.is_valid():
+            try:
+                tokens = tokens_issue(
+                    serials=[d.serial for d in devices], actor=actor_of(request), ttl_days=form.cleaned_data["ttl_days"]
+                )
+            except ServiceError as exc:
+                self.message_user(request, f"No tokens were issued: {exc}", messages.ERROR)
+                return None
+            return self.tokens_response(request, tokens, failed={})
+        blocked = [d for d in devices if d.state not in (DeviceState.REGISTERED, DeviceState.TOKEN_ISSUED)]
+        return self.confirmation(
+            request,
+            devices,
+            form=form,
+            action="issue_tokens_action",
+            title="Issue registration tokens",
+            warning="A device that already has an unused token gets a new one; the old token stops working.",
+            blocked=blocked,
+            blocked_note="needs a reset instead (active or revoked) or is being served now",
+        )
+
+    def tokens_response(
+        self, request: HttpRequest, tokens: list[IssuedToken], *, failed: dict[str, str]
+    ) -> TemplateResponse:
+        """The one and only time these tokens are shown. Nothing of them is kept on the server."""
+        csv_text = tokens_csv(tokens)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Registration tokens — shown once",
+            "tokens": tokens,
+            "failed": failed,
+            "csv_data_uri": "data:text/csv;base64," + base64.b64encode(csv_text.encode()).decode(),
+        }
+        response = TemplateResponse(request, "admin/provisioning/device/tokens.html", context)
+        add_never_cache_headers(response)
+        response["Referrer-Policy"] = "no-referrer"
+        return response
+
+    # --- Revoke and reset ---------------------------------------------------------------------
+
+    @admin.action(description="Revoke certificates", permissions=["revoke_device"])
+    def revoke_action(self, request: HttpRequest, queryset: QuerySet[Device]) -> HttpResponse | None:
+        return self._revoke(request, list(queryset.select_related("current_certificate").order_by("serial")))
+
+    def revoke_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        if not self.has_revoke_device_permission(request):
+            raise PermissionDenied
+        device = get_object_or_404(Device.objects.select_related("current_certificate"), pk=pk)
+        response = self._revoke(request, [device], single=True)
+        return response or HttpResponseRedirect(reverse("admin:provisioning_device_change", args=[pk]))
+
+    def _revoke(self, request: HttpRequest, devices: list[Device], single: bool = False) -> HttpResponse | None:
+        form = RevokeForm(request.POST if "confirm" in request.POST else None)
+        if "confirm" in request.POST and form.is_valid():
+            outcome = devices_revoke(
+                serials=[d.serial for d in devices], reason=form.cleaned_data["reason"], actor=actor_of(request)
+            )
+            self.report(request, "revoked", outcome.succeeded, outcome.failed)
+            return None
+        return self.confirmation(
+            request,
+            devices,
+            form=form,
+            action=None if single else "revoke_action",
+            title="Revoke certificates",
+            warning="Each certificate is set REVOKED in AWS IoT and detached from its thing and policy. "
+            "The devices can no longer connect. This cannot be undone; a reset issues a new token.",
+            blocked=[d for d in devices if d.state != DeviceState.ACTIVE],
+            blocked_note="is not active, so there is nothing to revoke",
+        )
+
+    @admin.action(description="Reset (revoke and issue a new token)", permissions=["reset_device"])
+    def reset_action(self, request: HttpRequest, queryset: QuerySet[Device]) -> HttpResponse | None:
+        return self._reset(request, list(queryset.select_related("current_certificate").order_by("serial")))
+
+    def reset_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        if not self.has_reset_device_permission(request):
+            raise PermissionDenied
+        device = get_object_or_404(Device.objects.select_related("current_certificate"), pk=pk)
+        response = self._reset(request, [device], single=True)
+        return response or HttpResponseRedirect(reverse("admin:provisioning_device_change", args=[pk]))
+
+    def _reset(self, request: HttpRequest, devices: list[Device], single: bool = False) -> HttpResponse | None:
+        form = ResetForm(request.POST if "confirm" in request.POST else None)
+        if "confirm" in request.POST and form.is_valid():
+            outcome = devices_reset(
+                serials=[d.serial for d in devices],
+                reason=form.cleaned_data["reason"],
+                actor=actor_of(request),
+                ttl_days=form.cleaned_data["ttl_days"],
+            )
+            if not outcome.tokens:
+                self.report(request, "reset", outcome.succeeded, outcome.failed)
+                return None
+            return self.tokens_response(request, outcome.tokens, failed=outcome.failed)
+        return self.confirmation(
+            request,
+            devices,
+            form=form,
+            action=None if single else "reset_action",
+            title="Reset devices",
+            warning="An active certificate is revoked in AWS IoT first; each device then gets a new one-time "
+            "token, shown once on the next page.",
+            blocked=[d for d in devices if d.state not in (DeviceState.ACTIVE, DeviceState.REVOKED)],
+            blocked_note="has never had a certificate; issue a token instead",
+        )
+
+    def confirmation(
+        self,
+        request: HttpRequest,
+        devices: list[Device],
+        *,
+        form: forms.Form,
+        action: str | None,
+        title: str,
+        warning: str,
+        blocked: list[Device],
+        blocked_note: str,
+    ) -> TemplateResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": title,
+            "devices": devices,
+            "blocked": {d.serial for d in blocked},
+            "blocked_note": blocked_note,
+            "warning": warning,
+            "form": form,
+            "action": action,
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/provisioning/device/confirm.html", context)
+
+    def report(self, request: HttpRequest, verb: str, succeeded: list[str], failed: dict[str, str]) -> None:
+        if succeeded:
+            self.message_user(request, f"{verb.capitalize()} {len(succeeded)} device(s): {', '.join(succeeded[:50])}")
+        for serial, why in failed.items():
+            self.message_user(request, f"{serial}: not {verb}: {why}", messages.ERROR)
+
+
+# --- Certificates -------------------------------------------------------------------------------
+
+
+@admin.register(Certificate)
+class CertificateAdmin(CsvExportMixin, ReadOnlyAdmin):
+    list_display = [
+        "certificate_id_short",
+        "device_link",
+        "status",
+        "key_origin",
+        "issued_at",
+        "revoked_at",
+        "revoked_by",
+        "revoked_reason",
+    ]
+    list_filter = ["status", "key_origin", "device__product"]
+    search_fields = ["=certificate_id", "=fingerprint_sha256", "=device__serial", "revoked_by"]
+    list_select_related = ["device"]
+    show_full_result_count = False
+    date_hierarchy = "issued_at"
+    list_per_page = 100
+    fields = [
+        "certificate_id",
+        "arn",
+        "device_link",
+        "thing_name",
+        "fingerprint_sha256",
+        "key_origin",
+        "status",
+        "issued_at",
+        "issued_to_address",
+        "revoked_at",
+        "revoked_by",
+        "revoked_reason",
+    ]
+    readonly_fields = fields
+    export_fields = (
+        "certificate_id",
+        "arn",
+        "device__serial",
+        "thing_name",
+        "fingerprint_sha256",
+        "key_origin",
+        "status",
+        "issued_at",
+        "issued_to_address",
+        "revoked_at",
+        "revoked_by",
+        "revoked_reason",
+    )
+
+    @admin.display(description="certificate id", ordering="certificate_id")
+    def certificate_id_short(self, obj: Certificate) -> str:
+        return obj.certificate_id[:16] + "…"
+
+    @admin.display(description="device", ordering="device__serial")
+    def device_link(self, obj: Certificate) -> str:
+        url = reverse("admin:provisioning_device_change", args=[obj.device_id])
+        return format_html('<a href="{}">{}</a>', url, obj.device.serial)
+
+
+# --- Audit log ----------------------------------------------------------------------------------
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(CsvExportMixin, ReadOnlyAdmin):
+    list_display = ["seq", "created_at", "kind", "serial_link", "actor", "client_address", "summary"]
+    list_filter = ["kind"]
+    search_fields = ["=serial", "=actor", "=client_address"]
+    show_full_result_count = False
+    date_hierarchy = "created_at"
+    list_per_page = 100
+    ordering = ["-seq"]
+    fields = ["seq", "created_at", "kind", "actor", "serial", "client_address", "data", "prev_hash", "hash"]
+    readonly_fields = fields
+    export_fields = ("seq", "created_at", "kind", "actor", "serial", "client_address", "data", "prev_hash", "hash")
+
+    @admin.display(description="serial", ordering="serial")
+    def serial_link(self, obj: AuditEvent) -> str:
+        if not obj.serial:
+            return "-"
+        url = reverse("admin:provisioning_auditevent_changelist") + "?" + urlencode({"serial": obj.serial})
+        return format_html('<a href="{}">{}</a>', url, obj.serial)
+
+    @admin.display(description="details")
+    def summary(self, obj: AuditEvent) -> str:
+        return ", ".join(f"{key}={value}" for key, value in sorted(obj.data.items()))[:160]
+
+
+# --- DynamoDB outbox ----------------------------------------------------------------------------
+
+
+@admin.register(DynamoOutbox)
+class DynamoOutboxAdmin(ReadOnlyAdmin):
+    list_display = ["id", "serial", "version", "created_at", "attempts", "last_error", "next_attempt_at", "done_at"]
+    list_filter = [("done_at", admin.EmptyFieldListFilter), "last_error"]
+    search_fields = ["=serial"]
+    show_full_result_count = False
+    list_per_page = 100
+    ordering = ["-id"]

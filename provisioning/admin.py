@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,6 +47,28 @@ MAX_IMPORT_BYTES = 20 * 1024 * 1024
 
 def actor_of(request: HttpRequest) -> str:
     return f"staff:{request.user.get_username()}"
+
+
+NONCES_KEY = "cvm_confirmations"
+
+
+def confirmation_nonce(request: HttpRequest) -> str:
+    """A one-time value for a confirmation form, so a reloaded or double-clicked POST does nothing.
+
+    Without it, reloading the token page would issue new tokens and silently void the ones just shown.
+    """
+    nonce = secrets.token_urlsafe(16)
+    request.session[NONCES_KEY] = [*request.session.get(NONCES_KEY, [])[-19:], nonce]
+    return nonce
+
+
+def confirmation_consume(request: HttpRequest) -> bool:
+    nonces = request.session.get(NONCES_KEY, [])
+    nonce = request.POST.get("nonce", "")
+    if nonce not in nonces:
+        return False
+    request.session[NONCES_KEY] = [n for n in nonces if n != nonce]
+    return True
 
 
 class Echo:
@@ -377,6 +400,8 @@ class DeviceAdmin(CsvExportMixin, admin.ModelAdmin):
         devices = list(queryset.select_related("product").order_by("serial"))
         form = TtlForm(request.POST if "confirm" in request.POST else None)
         if "confirm" in request.POST and form.is_valid():
+            if not self.confirmed_once(request):
+                return None
             try:
                 tokens = tokens_issue(
                     serials=[d.serial for d in devices], actor=actor_of(request), ttl_days=form.cleaned_data["ttl_days"]
@@ -431,6 +456,8 @@ class DeviceAdmin(CsvExportMixin, admin.ModelAdmin):
     def _revoke(self, request: HttpRequest, devices: list[Device], single: bool = False) -> HttpResponse | None:
         form = RevokeForm(request.POST if "confirm" in request.POST else None)
         if "confirm" in request.POST and form.is_valid():
+            if not self.confirmed_once(request):
+                return None
             outcome = devices_revoke(
                 serials=[d.serial for d in devices], reason=form.cleaned_data["reason"], actor=actor_of(request)
             )
@@ -462,6 +489,8 @@ class DeviceAdmin(CsvExportMixin, admin.ModelAdmin):
     def _reset(self, request: HttpRequest, devices: list[Device], single: bool = False) -> HttpResponse | None:
         form = ResetForm(request.POST if "confirm" in request.POST else None)
         if "confirm" in request.POST and form.is_valid():
+            if not self.confirmed_once(request):
+                return None
             outcome = devices_reset(
                 serials=[d.serial for d in devices],
                 reason=form.cleaned_data["reason"],
@@ -507,8 +536,17 @@ class DeviceAdmin(CsvExportMixin, admin.ModelAdmin):
             "form": form,
             "action": action,
             "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "nonce": confirmation_nonce(request),
         }
         return TemplateResponse(request, "admin/provisioning/device/confirm.html", context)
+
+    def confirmed_once(self, request: HttpRequest) -> bool:
+        if confirmation_consume(request):
+            return True
+        self.message_user(
+            request, "This confirmation was already used or has expired; nothing was done again.", messages.WARNING
+        )
+        return False
 
     def report(self, request: HttpRequest, verb: str, succeeded: list[str], failed: dict[str, str]) -> None:
         if succeeded:

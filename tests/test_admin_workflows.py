@@ -89,7 +89,8 @@ def test_tokens_are_shown_once_never_cached_and_work(as_user, factory_user, make
 
     confirm = client.post(url("device_changelist"), data)
     assert Device.objects.filter(state=DeviceState.TOKEN_ISSUED).count() == 0
-    page = client.post(url("device_changelist"), {**data, "confirm": "1", "ttl_days": "30"})
+    confirmed = {**data, "confirm": "1", "ttl_days": "30", "nonce": confirm.context["nonce"]}
+    page = client.post(url("device_changelist"), confirmed)
 
     assert confirm.status_code == page.status_code == 200
     assert "no-store" in page["Cache-Control"]
@@ -105,6 +106,10 @@ def test_tokens_are_shown_once_never_cached_and_work(as_user, factory_user, make
         html = client.get(target).content.decode()
         assert all(token not in html for token in tokens.values())
     assert vend(api, "SN-T0", tokens["SN-T0"]).status_code == 201
+    # Reloading the token page (the browser re-sends the POST) must not void the tokens just shown.
+    reloaded = client.post(url("device_changelist"), confirmed, follow=True)
+    assert "nothing was done again" in reloaded.content.decode()
+    assert Device.objects.get(serial="SN-T1").token_digest == token_digest(tokens["SN-T1"])
 
 
 def test_security_revokes_from_the_device_page_with_a_reason(as_user, security_user, make_device, api, aws_mock):
@@ -115,11 +120,16 @@ def test_security_revokes_from_the_device_page_with_a_reason(as_user, security_u
 
     page = client.get(url("device_revoke", pk))
     assert "Each certificate is set REVOKED in AWS IoT" in page.content.decode()
-    missing_reason = client.post(url("device_revoke", pk), {"confirm": "1", "reason": ""})
+    missing_reason = client.post(
+        url("device_revoke", pk), {"confirm": "1", "reason": "", "nonce": page.context["nonce"]}
+    )
     assert missing_reason.status_code == 200
     assert Device.objects.get(pk=pk).state == DeviceState.ACTIVE
 
-    done = client.post(url("device_revoke", pk), {"confirm": "1", "reason": "lost in transit"})
+    done = client.post(
+        url("device_revoke", pk),
+        {"confirm": "1", "reason": "lost in transit", "nonce": missing_reason.context["nonce"]},
+    )
 
     assert done.status_code == 302
     assert Device.objects.get(pk=pk).state == DeviceState.REVOKED
@@ -154,15 +164,13 @@ def test_bulk_revoke_reports_each_device_and_one_aws_failure_leaves_the_others_d
 
     events = aws.iot_client().meta.events
     events.register_first("before-send.iot.UpdateCertificate", aws_fails_for_sn2)
+    client = as_user(security_user)
+    selection = {"action": "revoke_action", ACTION_CHECKBOX_NAME: [d.pk for d in devices]}
     try:
-        response = as_user(security_user).post(
+        confirm = client.post(url("device_changelist"), selection)
+        response = client.post(
             url("device_changelist"),
-            {
-                "action": "revoke_action",
-                ACTION_CHECKBOX_NAME: [d.pk for d in devices],
-                "confirm": "1",
-                "reason": "recall",
-            },
+            {**selection, "confirm": "1", "reason": "recall", "nonce": confirm.context["nonce"]},
             follow=True,
         )
     finally:
@@ -186,7 +194,10 @@ def test_reset_revokes_and_shows_the_new_token_once(as_user, security_user, make
     assert vend(api, "SN-RESET", device.token).status_code == 201
     client = as_user(security_user)
 
-    page = client.post(url("device_reset", device.device.pk), {"confirm": "1", "reason": "rma", "ttl_days": "7"})
+    nonce = client.get(url("device_reset", device.device.pk)).context["nonce"]
+    page = client.post(
+        url("device_reset", device.device.pk), {"confirm": "1", "reason": "rma", "ttl_days": "7", "nonce": nonce}
+    )
 
     tokens = tokens_on_page(page.content.decode())
     assert list(tokens) == ["SN-RESET"]

@@ -90,3 +90,55 @@ def test_the_orm_refuses_to_change_or_delete_events(five_events):
 def test_appending_outside_a_transaction_is_refused(db):
     with pytest.raises(RuntimeError):
         audit_append(kind="token_issued", actor="alice")
+
+
+def test_concurrent_appenders_never_fork_the_chain(transactional_db):
+    import threading
+
+    barrier = threading.Barrier(8)
+
+    def writer(i: int) -> None:
+        from django.db import connection as thread_connection
+
+        barrier.wait()
+        try:
+            for n in range(10):
+                with transaction.atomic():
+                    audit_append(kind="token_issued", actor=f"writer-{i}", data={"n": n})
+        finally:
+            thread_connection.close()
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert AuditEvent.objects.count() == 80
+    assert sorted(AuditEvent.objects.values_list("seq", flat=True)) == list(range(1, 81))
+    assert audit_verify() == []
+
+
+@pytest.mark.parametrize("failing", ["audit", "outbox"])
+def test_a_change_and_its_audit_event_commit_together_or_not_at_all(make_device, monkeypatch, failing):
+    from provisioning import services
+    from provisioning.models import Device, DeviceState, DynamoOutbox
+
+    device = make_device("SN-ATOMIC", with_token=False)
+    events_before = AuditEvent.objects.count()
+    outbox_before = DynamoOutbox.objects.count()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    if failing == "audit":
+        monkeypatch.setattr(services, "audit_append_many", broken)
+    else:
+        monkeypatch.setattr(services.DynamoOutbox.objects, "bulk_create", broken)
+
+    with pytest.raises(RuntimeError):
+        services.tokens_issue(serials=[device.serial], actor="test")
+
+    assert Device.objects.get(serial="SN-ATOMIC").state == DeviceState.REGISTERED
+    assert AuditEvent.objects.count() == events_before
+    assert DynamoOutbox.objects.count() == outbox_before

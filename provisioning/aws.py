@@ -417,9 +417,20 @@ def policy_ensure(*, policy_name: str) -> bool:
     return True
 
 
-def policy_targets(*, policy_name: str) -> list[str]:
-    response = _call("ListTargetsForPolicy", iot_client().list_targets_for_policy, policyName=policy_name)
-    return list(response.get("targets", []))
+def policy_targets(*, policy_name: str) -> set[str]:
+    """Every principal (certificate ARN) the policy is attached to."""
+    targets: set[str] = set()
+    kwargs: dict[str, Any] = {"policyName": policy_name, "pageSize": 250}
+    while True:
+        response = _call("ListTargetsForPolicy", iot_client().list_targets_for_policy, **kwargs)
+        targets.update(response.get("targets", []))
+        if not response.get("nextMarker"):
+            return targets
+        kwargs["marker"] = response["nextMarker"]
+
+
+def policy_detach(*, policy_name: str, certificate_arn: str) -> None:
+    _ignore_missing("DetachPolicy", iot_client().detach_policy, policyName=policy_name, target=certificate_arn)
 
 
 # --- DynamoDB ------------------------------------------------------------------------------------
@@ -465,6 +476,16 @@ def association_put(*, table_name: str, item: dict[str, Any]) -> bool:
         raise _translate("PutItem", exc) from None
     except BotoCoreError as exc:
         raise _translate("PutItem", exc) from None
+
+
+def association_replace(*, table_name: str, item: dict[str, Any]) -> None:
+    """Write an item whatever the table holds (reconcile: the database wins)."""
+    _call(
+        "PutItem",
+        dynamodb_client().put_item,
+        TableName=table_name,
+        Item={key: _serializer.serialize(value) for key, value in item.items() if value is not None},
+    )
 
 
 def association_delete(*, table_name: str, serial: str) -> None:

@@ -2,18 +2,20 @@
 
 Every device change writes an outbox row in its own transaction. `outbox_drain` leases a batch of
 pending rows in a short transaction, writes them to DynamoDB outside any transaction, and marks them
-done only after DynamoDB accepted them. A write is conditional on `version`, so an older change never
-replaces a newer one, whatever order workers happen to deliver them in.
+done only after DynamoDB accepted them. A write is conditional on `version`, so DynamoDB accepts the
+versions of one serial only in increasing order and never lets an older change replace a newer one,
+however workers interleave; a lease keeps two workers from writing the same row.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, close_old_connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -24,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 LEASE = timedelta(seconds=60)
 MAX_BACKOFF_SECONDS = 300
+IDLE_SLEEP_SECONDS = 0.5
+FAILURE_SLEEP_SECONDS = 2.0
+PRUNE_EVERY_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -37,25 +42,25 @@ class DrainReport:
         return self.written + self.superseded + self.failed
 
 
-def _lease_batch(batch_size: int) -> list[DynamoOutbox]:
+def _lease_batch(batch_size: int, *, ignore_backoff: bool) -> list[DynamoOutbox]:
     now = timezone.now()
+    pending = DynamoOutbox.objects.filter(done_at__isnull=True).filter(
+        Q(leased_until__isnull=True) | Q(leased_until__lte=now)
+    )
+    if not ignore_backoff:
+        pending = pending.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
     with transaction.atomic():
         # SKIP LOCKED lets several workers lease disjoint batches on PostgreSQL; SQLite serialises the
         # whole transaction instead. Either way a row is leased by one worker at a time.
-        rows = list(
-            DynamoOutbox.objects.select_for_update(skip_locked=True)
-            .filter(done_at__isnull=True)
-            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
-            .order_by("id")[:batch_size]
-        )
+        rows = list(pending.select_for_update(skip_locked=True).order_by("id")[:batch_size])
         if rows:
-            DynamoOutbox.objects.filter(pk__in=[row.pk for row in rows]).update(next_attempt_at=now + LEASE)
+            DynamoOutbox.objects.filter(pk__in=[row.pk for row in rows]).update(leased_until=now + LEASE)
     return rows
 
 
-def outbox_drain(*, batch_size: int = 200) -> DrainReport:
+def outbox_drain(*, batch_size: int = 200, ignore_backoff: bool = False) -> DrainReport:
     """Deliver one batch of pending changes; returns what happened to them."""
-    rows = _lease_batch(batch_size)
+    rows = _lease_batch(batch_size, ignore_backoff=ignore_backoff)
     if not rows:
         return DrainReport()
     # Only the newest version of each serial in the batch needs writing; the others are superseded.
@@ -63,34 +68,59 @@ def outbox_drain(*, batch_size: int = 200) -> DrainReport:
     for row in rows:
         if row.serial not in newest or row.version > newest[row.serial].version:
             newest[row.serial] = row
-    superseded = [row.pk for row in rows if newest[row.serial].pk != row.pk]
-    done = list(superseded)
+    done = [row.pk for row in rows if newest[row.serial].pk != row.pk]
+    superseded = len(done)
     failed: list[tuple[DynamoOutbox, str]] = []
     written = 0
     table = settings.CVM_DYNAMODB_TABLE
-    for row in newest.values():
+    queue = list(newest.values())
+    for index, row in enumerate(queue):
         try:
             aws.association_put(table_name=table, item=row.item)
-            written += 1
-            done.append(row.pk)
         except aws.AwsError as exc:
             failed.append((row, exc.code))
             if isinstance(exc, aws.AwsUnavailable):
-                # DynamoDB is down or throttling: the rest of the batch would fail the same way.
-                failed.extend((other, exc.code) for other in newest.values() if other.pk not in done and other != row)
+                # DynamoDB is down or throttling us: the rest of the batch would fail the same way.
+                failed.extend((other, exc.code) for other in queue[index + 1 :])
                 break
+            continue
+        written += 1
+        done.append(row.pk)
     now = timezone.now()
     with transaction.atomic():
-        DynamoOutbox.objects.filter(pk__in=done).update(done_at=now, last_error="")
+        DynamoOutbox.objects.filter(pk__in=done).update(done_at=now, leased_until=None, last_error="")
         for row, code in failed:
             attempts = row.attempts + 1
-            delay = min(MAX_BACKOFF_SECONDS, 2**attempts)
             DynamoOutbox.objects.filter(pk=row.pk).update(
-                attempts=attempts, next_attempt_at=now + timedelta(seconds=delay), last_error=code[:255]
+                attempts=attempts,
+                next_attempt_at=now + timedelta(seconds=min(MAX_BACKOFF_SECONDS, 2**attempts)),
+                leased_until=None,
+                last_error=code[:255],
             )
     if failed:
         logger.warning("dynamodb sync failed", extra={"failed": len(failed), "code": failed[0][1]})
-    return DrainReport(written=written, superseded=len(superseded), failed=len(failed))
+    return DrainReport(written=written, superseded=superseded, failed=len(failed))
+
+
+def outbox_follow(*, stop: threading.Event, batch_size: int = 200) -> None:
+    """Keep draining until `stop` is set: at once while there is work, every half second when idle."""
+    last_prune = 0.0
+    while not stop.is_set():
+        try:
+            report = outbox_drain(batch_size=batch_size)
+            if timezone.now().timestamp() - last_prune > PRUNE_EVERY_SECONDS:
+                outbox_prune(older_than=timedelta(days=settings.CVM_OUTBOX_RETENTION_DAYS))
+                last_prune = timezone.now().timestamp()
+        except DatabaseError:
+            # The database went away (restart, failover): reconnect on the next round.
+            logger.warning("outbox worker lost the database; retrying")
+            close_old_connections()
+            stop.wait(FAILURE_SLEEP_SECONDS)
+            continue
+        if report.failed:
+            stop.wait(FAILURE_SLEEP_SECONDS)
+        elif report.handled == 0:
+            stop.wait(IDLE_SLEEP_SECONDS)
 
 
 def outbox_prune(*, older_than: timedelta) -> int:

@@ -201,7 +201,10 @@ class DynamoOutbox(models.Model):
     item = models.JSONField()
     created_at = models.DateTimeField(auto_now_add=True)
     attempts = models.PositiveIntegerField(default=0)
+    # Back-off after a failed write; `sync_dynamodb --once` ignores it (someone asked for a drain now).
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # Set while one worker is writing the row, so no other worker writes it at the same time.
+    leased_until = models.DateTimeField(null=True, blank=True)
     last_error = models.CharField(max_length=255, blank=True)
     done_at = models.DateTimeField(null=True, blank=True)
 

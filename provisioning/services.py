@@ -98,7 +98,9 @@ def thing_name_for(serial: str) -> str:
     return f"{settings.CVM_THING_NAME_PREFIX}{serial}"
 
 
-def _record(device_pk: int, *, kind: str, actor: str, client_address: str | None = None, **data: object) -> Device:
+def record_device_change(
+    device_pk: int, *, kind: str, actor: str, client_address: str | None = None, **data: object
+) -> Device:
     """Audit a device change and queue its DynamoDB item; call inside the change's transaction."""
     device = Device.objects.select_related("product", "current_certificate").get(pk=device_pk)
     audit_append(kind=kind, actor=actor, serial=device.serial, client_address=client_address, data=data)
@@ -392,7 +394,7 @@ def certificate_vend(*, serial: str, token: str, csr: ValidatedCsr | None, clien
             version=F("version") + 1,
         )
         if claimed:
-            device = _record(
+            device = record_device_change(
                 device.pk,
                 kind=AuditKind.VEND_CLAIMED,
                 actor=DEVICE_ACTOR,
@@ -433,7 +435,9 @@ def _release_claim(
             **({"aws_cleanup_pending": True} if cleanup_pending else {}),
         )
         if released:
-            _record(device.pk, kind=AuditKind.VEND_FAILED, actor=DEVICE_ACTOR, client_address=client_address, **data)
+            record_device_change(
+                device.pk, kind=AuditKind.VEND_FAILED, actor=DEVICE_ACTOR, client_address=client_address, **data
+            )
 
 
 def _issue_claimed(
@@ -527,7 +531,7 @@ def _record_issued(
         Device.objects.filter(pk=device.pk).update(
             current_certificate=certificate, thing_name=thing_name_for(device.serial)
         )
-        _record(
+        record_device_change(
             device.pk,
             kind=AuditKind.CERTIFICATE_ISSUED,
             actor=DEVICE_ACTOR,
@@ -589,7 +593,9 @@ def claim_recover(*, device: Device, actor: str = SYSTEM_ACTOR) -> bool:
             version=F("version") + 1,
         )
         if released:
-            _record(device.pk, kind=AuditKind.CLAIM_RECOVERED, actor=actor, discarded_certificates=discarded)
+            record_device_change(
+                device.pk, kind=AuditKind.CLAIM_RECOVERED, actor=actor, discarded_certificates=discarded
+            )
     if released:
         logger.warning("stale claim recovered", extra={"serial": device.serial, "discarded": len(discarded)})
     return bool(released)
@@ -640,7 +646,7 @@ def device_revoke(*, serial: str, reason: str, actor: str) -> Device:
         Certificate.objects.filter(pk=certificate.pk).update(
             status=CertificateStatus.REVOKED, revoked_at=now, revoked_by=actor, revoked_reason=reason[:255]
         )
-        return _record(
+        return record_device_change(
             device.pk,
             kind=AuditKind.DEVICE_REVOKED,
             actor=actor,
@@ -673,7 +679,9 @@ def device_reset(*, serial: str, actor: str, reason: str = "reset", ttl_days: in
         )
         if not updated:
             raise ServiceError(f"device {serial} changed while it was being reset; try again")
-        _record(device.pk, kind=AuditKind.DEVICE_RESET, actor=actor, reason=reason[:255], expires_at=expires_at)
+        record_device_change(
+            device.pk, kind=AuditKind.DEVICE_RESET, actor=actor, reason=reason[:255], expires_at=expires_at
+        )
     return IssuedToken(serial=serial, token=token, expires_at=expires_at)
 
 

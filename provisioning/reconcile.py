@@ -1,0 +1,289 @@
+"""Compare the database, the DynamoDB table and AWS IoT; report every difference and repair it.
+
+The database is the source of truth. Repairs follow it: the table is rewritten from it, certificates
+AWS holds that it does not know are revoked (ACTIVE) or deleted (never activated) — never adopted —,
+and what it says is attached and active is attached and activated again. The one thing the database
+cannot win is a certificate AWS has revoked or lost: that device is recorded as revoked, to be reset.
+Every repair writes an audit event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from . import aws
+from .audit import audit_append
+from .models import AuditKind, Certificate, CertificateStatus, Device, DeviceState
+from .selectors import device_association_item
+from .services import claim_recover, record_device_change, thing_name_for
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Difference:
+    serial: str
+    kind: str
+    detail: str
+    repair: Callable[[], None] = field(repr=False, compare=False, default=lambda: None)
+
+    def __str__(self) -> str:
+        return f"{self.serial}: {self.kind}: {self.detail}"
+
+
+@dataclass
+class RepairResult:
+    difference: Difference
+    error: str | None = None
+
+
+def _comparable(item: dict) -> dict:
+    return {key: value for key, value in item.items() if value is not None}
+
+
+# --- DynamoDB -----------------------------------------------------------------------------------
+
+
+def _table_differences(devices: dict[str, Device]) -> list[Difference]:
+    table = settings.CVM_DYNAMODB_TABLE
+    items = {item["productId"]: item for item in aws.association_scan(table_name=table)}
+    differences = []
+    for serial, device in devices.items():
+        expected = _comparable(device_association_item(device))
+
+        def rewrite(expected: dict = expected) -> None:
+            aws.association_replace(table_name=table, item=expected)
+
+        held = items.get(serial)
+        if held is None:
+            differences.append(Difference(serial, "table_missing", "no item in the DynamoDB table", rewrite))
+        elif held != expected:
+            changed = sorted(key for key in expected.keys() | held.keys() if expected.get(key) != held.get(key))
+            detail = (
+                f"item differs in {', '.join(changed)} (table version {held.get('version')}, database {device.version})"
+            )
+            differences.append(Difference(serial, "table_stale", detail, rewrite))
+    for serial in items.keys() - devices.keys():
+        differences.append(
+            Difference(
+                serial,
+                "table_unknown",
+                "item for a serial the database does not know",
+                lambda serial=serial: aws.association_delete(table_name=table, serial=serial),
+            )
+        )
+    return differences
+
+
+# --- AWS IoT ------------------------------------------------------------------------------------
+
+
+def _revoke_in_aws(info: aws.CertificateInfo, thing_name: str) -> Callable[[], None]:
+    def repair() -> None:
+        aws.certificate_revoke(
+            certificate_id=info.certificate_id,
+            certificate_arn=info.arn,
+            thing_name=thing_name,
+            policy_name=settings.CVM_IOT_POLICY_NAME,
+        )
+
+    return repair
+
+
+def _discard_in_aws(info: aws.CertificateInfo, thing_name: str) -> Callable[[], None]:
+    def repair() -> None:
+        aws.certificate_discard(
+            certificate_id=info.certificate_id,
+            certificate_arn=info.arn,
+            thing_name=thing_name,
+            policy_name=settings.CVM_IOT_POLICY_NAME,
+        )
+
+    return repair
+
+
+def _record_lost_certificate(device: Device, certificate: Certificate, why: str) -> Callable[[], None]:
+    def repair() -> None:
+        # Whatever AWS still holds of it (thing and policy attachments) goes, as with any revoke.
+        aws.certificate_revoke(
+            certificate_id=certificate.certificate_id,
+            certificate_arn=certificate.arn,
+            thing_name=certificate.thing_name,
+            policy_name=settings.CVM_IOT_POLICY_NAME,
+        )
+        with transaction.atomic():
+            updated = Device.objects.filter(
+                pk=device.pk, state=DeviceState.ACTIVE, current_certificate=certificate
+            ).update(state=DeviceState.REVOKED, version=F("version") + 1)
+            if updated:
+                Certificate.objects.filter(pk=certificate.pk).update(
+                    status=CertificateStatus.REVOKED,
+                    revoked_at=timezone.now(),
+                    revoked_by="reconcile",
+                    revoked_reason=why,
+                )
+                record_device_change(
+                    device.pk,
+                    kind=AuditKind.DEVICE_REVOKED,
+                    actor="reconcile",
+                    reason=why,
+                    certificate_id=certificate.certificate_id,
+                )
+
+    return repair
+
+
+def _device_iot_differences(device: Device, policy_targets: set[str]) -> list[Difference]:
+    serial = device.serial
+    thing_name = thing_name_for(serial)
+    policy = settings.CVM_IOT_POLICY_NAME
+    known = {c.certificate_id: c for c in Certificate.objects.filter(device=device)}
+    current = device.current_certificate if device.state == DeviceState.ACTIVE else None
+    on_thing = {info.certificate_id: info for info in aws.thing_certificates(thing_name=thing_name)}
+    differences = []
+
+    for certificate_id, info in on_thing.items():
+        recorded = known.get(certificate_id)
+        if recorded is None:
+            if info.status == "ACTIVE":
+                differences.append(
+                    Difference(
+                        serial,
+                        "orphan_certificate",
+                        f"{certificate_id} is ACTIVE in AWS IoT but not recorded; it will be revoked, not adopted",
+                        _revoke_in_aws(info, thing_name),
+                    )
+                )
+            elif info.status != "REVOKED":
+                differences.append(
+                    Difference(
+                        serial,
+                        "leftover_certificate",
+                        f"{certificate_id} ({info.status}) from an issuance that did not finish",
+                        _discard_in_aws(info, thing_name),
+                    )
+                )
+        elif recorded.status == CertificateStatus.REVOKED and info.status != "REVOKED":
+            differences.append(
+                Difference(
+                    serial,
+                    "revoked_certificate_usable",
+                    f"{certificate_id} is revoked in the database but {info.status} in AWS IoT",
+                    _revoke_in_aws(info, thing_name),
+                )
+            )
+
+    if current is not None:
+        info = on_thing.get(current.certificate_id) or aws.certificate_describe(certificate_id=current.certificate_id)
+        if info is None or info.status == "REVOKED":
+            why = "reconcile: certificate " + ("missing from" if info is None else "REVOKED in") + " AWS IoT"
+            differences.append(
+                Difference(
+                    serial,
+                    "active_certificate_lost",
+                    f"{current.certificate_id} is active in the database "
+                    f"but {'missing' if info is None else 'REVOKED'} in AWS IoT; the device will be recorded "
+                    "as revoked and needs a reset",
+                    _record_lost_certificate(device, current, why),
+                )
+            )
+        else:
+            if info.status != "ACTIVE":
+                differences.append(
+                    Difference(
+                        serial,
+                        "active_certificate_inactive",
+                        f"{current.certificate_id} is {info.status} in AWS IoT; it will be activated",
+                        lambda: aws.certificate_activate(certificate_id=current.certificate_id),
+                    )
+                )
+            if current.certificate_id not in on_thing:
+                differences.append(
+                    Difference(
+                        serial,
+                        "certificate_detached",
+                        f"{current.certificate_id} is not attached to thing {thing_name}",
+                        lambda: aws.thing_attach(thing_name=thing_name, certificate_arn=current.arn),
+                    )
+                )
+            if current.arn not in policy_targets:
+                differences.append(
+                    Difference(
+                        serial,
+                        "policy_detached",
+                        f"policy {policy} is not attached to {current.certificate_id}",
+                        lambda: aws.policy_attach(policy_name=policy, certificate_arn=current.arn),
+                    )
+                )
+    for certificate in known.values():
+        if certificate.status == CertificateStatus.REVOKED and certificate.arn in policy_targets:
+            differences.append(
+                Difference(
+                    serial,
+                    "revoked_certificate_has_policy",
+                    f"policy {policy} is still attached to revoked {certificate.certificate_id}",
+                    lambda arn=certificate.arn: aws.policy_detach(policy_name=policy, certificate_arn=arn),
+                )
+            )
+    return differences
+
+
+def _claim_differences(device: Device) -> list[Difference]:
+    if device.state != DeviceState.ISSUING:
+        return []
+    cutoff = timezone.now() - timezone.timedelta(seconds=settings.CVM_CLAIM_TIMEOUT_SECONDS)
+    if device.claimed_at and device.claimed_at > cutoff:
+        return []
+    return [
+        Difference(
+            device.serial,
+            "stale_claim",
+            f"issuing since {device.claimed_at:%Y-%m-%d %H:%M:%S}; the issuance died and will be rolled back",
+            lambda: claim_recover(device=device, actor="reconcile"),
+        )
+    ]
+
+
+def reconcile_find() -> list[Difference]:
+    """Every difference between the database, the DynamoDB table and AWS IoT, one per finding."""
+    devices = {d.serial: d for d in Device.objects.select_related("product", "current_certificate").order_by("serial")}
+    differences = _table_differences(devices)
+    targets = aws.policy_targets(policy_name=settings.CVM_IOT_POLICY_NAME)
+    for device in devices.values():
+        stale_claim = _claim_differences(device)
+        differences.extend(stale_claim)
+        # A device that never asked for a certificate has nothing in AWS IoT to compare; one whose
+        # claim is being rolled back is compared after the roll-back, on the next run.
+        if not stale_claim and (device.state != DeviceState.REGISTERED or device.aws_cleanup_pending):
+            differences.extend(_device_iot_differences(device, targets))
+    return differences
+
+
+def reconcile_fix(differences: list[Difference]) -> list[RepairResult]:
+    """Repair each difference on its own; one failing does not stop the others."""
+    results = []
+    for difference in differences:
+        try:
+            difference.repair()
+        except aws.AwsError as exc:
+            results.append(RepairResult(difference, f"AWS: {exc.operation}: {exc.code}"))
+            continue
+        with transaction.atomic():
+            audit_append(
+                kind=AuditKind.RECONCILE_REPAIR,
+                actor="reconcile",
+                serial=difference.serial,
+                data={"difference": difference.kind, "detail": difference.detail},
+            )
+        results.append(RepairResult(difference))
+    # A device flagged for clean-up whose leftovers were all removed needs no clean-up at its next vend.
+    failed = {result.difference.serial for result in results if result.error}
+    Device.objects.filter(aws_cleanup_pending=True).exclude(serial__in=failed).update(aws_cleanup_pending=False)
+    return results

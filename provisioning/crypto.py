@@ -70,12 +70,16 @@ def csr_validate(pem: str, *, serial: str) -> ValidatedCsr:
     # The regular expression bounds what reaches the ASN.1 parser to one well-formed PEM block.
     if not CSR_PEM_RE.match(pem):
         raise CsrInvalid("CSR must be a single PEM 'CERTIFICATE REQUEST' block")
+    # cryptography parses lazily: a request that loads can still fail on its key or subject, so all
+    # of it is read here, before anything else looks at it.
     try:
         csr = x509.load_pem_x509_csr(pem.strip().encode())
-    except ValueError:
+        key = csr.public_key()
+        common_names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except Exception:  # noqa: BLE001 - ValueError, InvalidVersion, UnsupportedAlgorithm ... all mean "unusable"
         raise CsrInvalid("CSR could not be parsed") from None
-    key = csr.public_key()
     if isinstance(key, rsa.RSAPublicKey):
+        # Size first: verifying a signature with a huge key is the one costly step, and is never reached.
         if not RSA_MIN_BITS <= key.key_size <= RSA_MAX_BITS:
             raise CsrInvalid(f"RSA key must be {RSA_MIN_BITS} to {RSA_MAX_BITS} bits")
         description = f"RSA-{key.key_size}"
@@ -87,14 +91,10 @@ def csr_validate(pem: str, *, serial: str) -> ValidatedCsr:
         raise CsrInvalid("key must be RSA (2048 bits or more) or EC P-256/P-384")
     try:
         signature_valid = csr.is_signature_valid
-    except Exception:  # noqa: BLE001 - any failure to verify is an invalid signature to the device
+    except Exception:  # noqa: BLE001 - a signature that cannot be checked is not a valid one
         signature_valid = False
     if not signature_valid:
         raise CsrInvalid("CSR signature is not valid")
-    try:
-        common_names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    except ValueError:
-        raise CsrInvalid("CSR subject could not be read") from None
     if len(common_names) != 1 or common_names[0].value != serial:
         raise CsrInvalid("CSR subject CN must equal the serial")
     return ValidatedCsr(pem=pem.strip() + "\n", key_description=description)

@@ -8,7 +8,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from .crypto import MAX_CSR_BYTES, CsrInvalid, csr_validate
-from .validators import SERIAL_PATTERN
+from .validators import SERIAL_PATTERN, SERIAL_RE
 
 
 class StrictSerializer(serializers.Serializer):
@@ -25,6 +25,7 @@ class VendInputSerializer(StrictSerializer):
     serial = serializers.RegexField(
         SERIAL_PATTERN,
         max_length=64,
+        trim_whitespace=False,
         error_messages={"invalid": "serial must be 1-64 characters: letters, digits, ':', '_' or '-'"},
     )
     token = serializers.CharField(max_length=128, trim_whitespace=False)
@@ -34,6 +35,12 @@ class VendInputSerializer(StrictSerializer):
         trim_whitespace=False,
         help_text="PEM PKCS#10 request; RSA 2048-4096 or EC P-256/P-384, subject CN equal to the serial",
     )
+
+    def validate_serial(self, value: str) -> str:
+        # The schema's pattern uses `$`, which Python lets match before a trailing newline; \Z does not.
+        if not SERIAL_RE.match(value):
+            raise serializers.ValidationError(self.fields["serial"].error_messages["invalid"])
+        return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)

@@ -111,6 +111,7 @@ def portal(tmp_path_factory) -> Iterator[Portal]:
         SECRET_KEY="e2e-secret-key-0123456789abcdefghijklmnop",
         CVM_TOKEN_HMAC_KEY="e2e-token-hmac-key-0123456789abcdefghijkl",
         DATABASE_URL=f"sqlite:///{workdir / 'portal.sqlite3'}",
+        ALLOWED_HOSTS="127.0.0.1,localhost",
         AWS_ENDPOINT_URL=f"http://127.0.0.1:{aws_port}",
         AWS_ACCESS_KEY_ID="e2e",
         AWS_SECRET_ACCESS_KEY="e2e",

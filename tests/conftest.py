@@ -94,47 +94,54 @@ class Fault:
         self.active = False
 
 
-@pytest.fixture
-def aws_fault(aws_mock: AwsView) -> Callable[..., Fault]:
-    """Make one AWS IoT operation fail with an HTTP error, before moto sees it.
+def inject_iot_fault(
+    operation: str,
+    *,
+    code: str = "ServiceUnavailableException",
+    status: int = 503,
+    times: int = 10**6,
+    reached_aws: bool = False,
+) -> tuple[Fault, Callable[[], None]]:
+    """Make one AWS IoT operation fail with an HTTP error; returns the fault and a function removing it.
 
-    Registered first on `before-send`, so botocore's real retry logic runs against it.
+    Registered first on `before-send`, so botocore's real retry logic runs against it. With
+    `reached_aws=True` AWS (moto) carries the call out and only the answer is lost, as with a read
+    timeout; otherwise the call never arrives.
     """
-    registered: list[tuple[str, Callable[..., Any]]] = []
+    fault = Fault(operation)
 
-    def install(
-        operation: str,
-        *,
-        code: str = "ServiceUnavailableException",
-        status: int = 503,
-        times: int = 10**6,
-        reached_aws: bool = False,
-    ):
-        """`reached_aws=True` lets AWS (moto) carry the call out and loses only the answer, as a read
-        timeout does; otherwise the call never arrives."""
-        fault = Fault(operation)
+    def handler(**kwargs: Any) -> AWSResponse | None:
+        if not fault.active or fault.calls >= times:
+            return None
+        fault.calls += 1
+        body = json.dumps({"message": "injected failure", "__type": code}).encode()
+        headers = {"x-amzn-ErrorType": code, "Content-Type": "application/json"}
+        request = kwargs["request"]
+        response = AWSResponse(request.url, status, headers, _Raw(body))
+        if not reached_aws:
+            # Every before-send handler runs; moto's matches on the URL, so point it elsewhere.
+            request.url = "https://fault-injected.invalid/"
+        return response
 
-        def handler(**kwargs: Any) -> AWSResponse | None:
-            if not fault.active or fault.calls >= times:
-                return None
-            fault.calls += 1
-            body = json.dumps({"message": "injected failure", "__type": code}).encode()
-            headers = {"x-amzn-ErrorType": code, "Content-Type": "application/json"}
-            request = kwargs["request"]
-            response = AWSResponse(request.url, status, headers, _Raw(body))
-            if not reached_aws:
-                # Every before-send handler runs; moto's matches on the URL, so point it elsewhere.
-                request.url = "https://fault-injected.invalid/"
-            return response
+    event = f"before-send.iot.{operation}"
+    events = aws.iot_client().meta.events
+    events.register_first(event, handler)
+    return fault, lambda: events.unregister(event, handler)
 
-        event = f"before-send.iot.{operation}"
-        aws.iot_client().meta.events.register_first(event, handler)
-        registered.append((event, handler))
+
+@pytest.fixture
+def aws_fault(aws_mock: AwsView) -> Iterator[Callable[..., Fault]]:
+    """Install faults with `inject_iot_fault`; all are removed after the test."""
+    removers: list[Callable[[], None]] = []
+
+    def install(operation: str, **kwargs: Any) -> Fault:
+        fault, remove = inject_iot_fault(operation, **kwargs)
+        removers.append(remove)
         return fault
 
     yield install
-    for event, handler in registered:
-        aws.iot_client().meta.events.unregister(event, handler)
+    for remove in removers:
+        remove()
 
 
 @pytest.fixture

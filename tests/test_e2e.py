@@ -112,6 +112,8 @@ def portal(tmp_path_factory) -> Iterator[Portal]:
         CVM_TOKEN_HMAC_KEY="e2e-token-hmac-key-0123456789abcdefghijkl",
         DATABASE_URL=f"sqlite:///{workdir / 'portal.sqlite3'}",
         ALLOWED_HOSTS="127.0.0.1,localhost",
+        # Short, so the crash test sees its dead claim recovered within seconds.
+        CVM_CLAIM_TIMEOUT_SECONDS="3",
         AWS_ENDPOINT_URL=f"http://127.0.0.1:{aws_port}",
         AWS_ACCESS_KEY_ID="e2e",
         AWS_SECRET_ACCESS_KEY="e2e",
@@ -223,9 +225,75 @@ def test_racing_requests_across_worker_processes_issue_one_certificate(portal):
     assert len(principals) == 1
 
 
+CRASH_AFTER_ATTACH = """
+import os, signal, sys
+import django
+os.environ["DJANGO_SETTINGS_MODULE"] = "cvm_portal.settings"
+django.setup()
+from provisioning import aws, services
+
+def die(**kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)  # the worst moment: created and attached, not yet activated
+
+aws.iot_client().meta.events.register("after-call.iot.AttachThingPrincipal", die)
+services.certificate_vend(serial=sys.argv[1], token=sys.stdin.read(), csr=None, client_address="127.0.0.1")
+"""
+
+
+def test_a_process_killed_before_activation_leaves_nothing_usable_and_the_device_recovers(portal, tmp_path):
+    serial = "E2E-CRASH"
+    token = portal.issue_token(serial)
+
+    crashed = subprocess.run(
+        [PYTHON, "-c", CRASH_AFTER_ATTACH, serial],
+        cwd=ROOT, env=portal.env, input=token, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert crashed.returncode == -9, crashed.stderr
+    iot = portal.iot()
+    left = [
+        iot.describe_certificate(certificateId=arn.rsplit("/", 1)[1])["certificateDescription"]["status"]
+        for arn in iot.list_thing_principals(thingName=serial)["principals"]
+    ]
+    assert left == ["INACTIVE"], "created and attached, never activated: unusable"
+
+    result = run_client(portal, serial, token, tmp_path / "device")
+
+    assert result.returncode == 0, result.stderr
+    principals = iot.list_thing_principals(thingName=serial)["principals"]
+    assert len(principals) == 1, "the dead issuance's certificate was removed"
+    status = iot.describe_certificate(certificateId=principals[0].rsplit("/", 1)[1])["certificateDescription"]
+    assert status["status"] == "ACTIVE"
+    assert status["certificatePem"].strip() == (tmp_path / "device" / "certificate.pem").read_text().strip()
+
+
+def test_csr_path_over_https_keeps_the_csr_out_of_storage(portal):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    serial = "E2E-CSR2"
+    token = portal.issue_token(serial)
+    key = ec.generate_private_key(ec.SECP384R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, serial)]))
+        .sign(key, hashes.SHA384())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
+
+    status, body = portal.post({"serial": serial, "token": token, "csr": csr})
+
+    assert status == 201
+    assert "private_key_pem" not in body
+    portal.secrets_seen.append(csr)
+
+
 def test_no_token_or_private_key_reaches_the_database_or_any_log(portal):
     # Runs last in this module: it scans what the scenarios above left behind.
-    assert len(portal.secrets_seen) >= 4, "the scenarios above must have run"
+    assert len(portal.secrets_seen) >= 6, "the scenarios above must have run"
     portal.manage("sync_dynamodb", "--once")
     dump = portal.manage("dumpdata", "--all", "--indent", "0").stdout
     haystacks = {

@@ -210,6 +210,35 @@ CVM_AWS_CONNECT_TIMEOUT = env.float("CVM_AWS_CONNECT_TIMEOUT", default=3.0)
 CVM_AWS_READ_TIMEOUT = env.float("CVM_AWS_READ_TIMEOUT", default=10.0)
 CVM_AWS_MAX_ATTEMPTS = env.int("CVM_AWS_MAX_ATTEMPTS", default=3)
 
+# --- AWS IoT quota governor (provisioning/governor.py): calls per second per API, for the account.
+# Defaults follow AWS IoT Core's published control-plane quotas; set your account's with e.g.
+# CVM_AWS_RATES="CreateKeysAndCertificate=10,AttachPolicy=15". 0 switches the governor off for an API.
+CVM_AWS_RATES = {
+    "default": 10.0,
+    "CreateKeysAndCertificate": 10.0,
+    "CreateCertificateFromCsr": 15.0,
+    "AttachPolicy": 15.0,
+    "AttachThingPrincipal": 15.0,
+    "UpdateCertificate": 15.0,
+    "CreateThing": 15.0,
+    "DescribeEndpoint": 10.0,
+}
+for _pair in env.list("CVM_AWS_RATES", default=[]):
+    _name, _, _rate = _pair.partition("=")
+    try:
+        CVM_AWS_RATES[_name.strip()] = float(_rate)
+    except ValueError:
+        raise ImproperlyConfigured(f"CVM_AWS_RATES: {_pair!r} is not API=calls_per_second") from None
+CVM_AWS_BURST_SECONDS = env.float("CVM_AWS_BURST_SECONDS", default=1.0)
+CVM_AWS_QUEUE_SECONDS = env.float("CVM_AWS_QUEUE_SECONDS", default=2.0)
+_cache_url = env.str("CACHE_URL", default="")
+# The quota is shared through Redis whenever the cache is Redis (all workers, all instances).
+CVM_QUOTA_REDIS_URL = env.str(
+    "CVM_QUOTA_REDIS_URL", default=_cache_url if _cache_url.startswith(("redis://", "rediss://")) else ""
+)
+# Who may read /metrics: with a token, any caller presenting it; without one, loopback only.
+CVM_METRICS_TOKEN = env.str("CVM_METRICS_TOKEN", default="")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from typing import Any
@@ -9,7 +10,9 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.db import DatabaseError, connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
+from prometheus_client import CONTENT_TYPE_LATEST
 from rest_framework import status
 from rest_framework.exceptions import APIException
 from rest_framework.request import Request
@@ -18,6 +21,7 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from . import metrics
 from .middleware import client_address
 from .serializers import DetailSerializer, HealthSerializer, VendInputSerializer, VendOutputSerializer
 from .services import VendRefused, VendRetryLater, certificate_vend
@@ -76,6 +80,17 @@ def _retry_later(exc: VendRetryLater) -> Response:
 class CertificateVendApi(APIView):
     throttle_classes = [AddressRateThrottle]
 
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        self._started = time.perf_counter()
+        super().initial(request, *args, **kwargs)
+
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+        outcome = getattr(request._request, "cvm_outcome", None) or f"status_{response.status_code}"
+        metrics.ISSUANCES.labels(outcome.split(":")[0]).inc()
+        if hasattr(self, "_started"):
+            metrics.VEND_SECONDS.observe(time.perf_counter() - self._started)
+        return super().finalize_response(request, response, *args, **kwargs)
+
     @extend_schema(
         operation_id="vend_certificate",
         summary="Trade a serial and one-time token for an AWS IoT certificate",
@@ -127,6 +142,19 @@ class CertificateVendApi(APIView):
         if isinstance(exc, APIException):
             self.request._request.cvm_outcome = f"rejected:{type(exc).__name__}"
         return super().handle_exception(exc)
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus exposition: with CVM_METRICS_TOKEN as a bearer token, or from loopback without one."""
+    token = settings.CVM_METRICS_TOKEN
+    if token:
+        offered = request.META.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
+        allowed = hmac.compare_digest(offered.encode(), token.encode())
+    else:
+        allowed = request.META.get("REMOTE_ADDR") in ("127.0.0.1", "::1")
+    if not allowed:
+        return JsonResponse({"detail": "forbidden"}, status=403)
+    return HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
 
 
 class HealthApi(APIView):

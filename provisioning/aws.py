@@ -19,8 +19,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,9 +30,12 @@ from typing import Any, TypeVar
 
 import boto3
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore import xform_name
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
+
+from . import governor, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -94,14 +99,29 @@ def _translate(operation: str, exc: Exception) -> AwsError:
 
 
 def _call(operation: str, fn: Callable[..., T], /, **kwargs: Any) -> T:
+    started = time.perf_counter()
     try:
         return fn(**kwargs)
     except (ClientError, BotoCoreError) as exc:
         error = _translate(operation, exc)
+        if error.retry_after == THROTTLE_RETRY_AFTER:
+            metrics.AWS_THROTTLES.labels(operation).inc()
         # A rejection is often expected (ResourceNotFound while ensuring); an outage never is.
         level = logging.WARNING if isinstance(error, AwsUnavailable) else logging.DEBUG
         logger.log(level, "aws call failed", extra={"operation": operation, "code": error.code})
         raise error from None
+    finally:
+        metrics.AWS_CALL_SECONDS.labels(operation).observe(time.perf_counter() - started)
+
+
+def _iot(operation: str, /, **kwargs: Any) -> Any:
+    """An AWS IoT call, after the quota governor granted it a slot."""
+    try:
+        governor.acquire(operation)
+    except governor.QuotaExhausted as exc:
+        metrics.AWS_QUOTA_REFUSALS.labels(operation).inc()
+        raise AwsUnavailable("QuotaExhausted", operation, max(1, math.ceil(exc.retry_after))) from None
+    return _call(operation, getattr(iot_client(), xform_name(operation)), **kwargs)
 
 
 def _refuse_hard_limits(response: Any = None, operation: Any = None, **_: Any) -> None:
@@ -184,7 +204,7 @@ class CertificateInfo:
 @functools.cache
 def iot_data_endpoint() -> str:
     """The account's `iot:Data-ATS` host; it never changes, so one call per process is enough."""
-    response = _call("DescribeEndpoint", iot_client().describe_endpoint, endpointType="iot:Data-ATS")
+    response = _iot("DescribeEndpoint", endpointType="iot:Data-ATS")
     return response["endpointAddress"]
 
 
@@ -192,23 +212,22 @@ def thing_ensure(*, thing_name: str, attributes: dict[str, str]) -> None:
     """Create the thing, or bring its attributes up to date when it already exists."""
     payload = {"attributes": attributes, "merge": True}
     try:
-        _call("CreateThing", iot_client().create_thing, thingName=thing_name, attributePayload=payload)
+        _iot("CreateThing", thingName=thing_name, attributePayload=payload)
     except AwsRejected as exc:
         # AWS answers ResourceAlreadyExists when the thing exists with other attributes.
         if exc.code != "ResourceAlreadyExistsException":
             raise
-        _call("UpdateThing", iot_client().update_thing, thingName=thing_name, attributePayload=payload)
+        _iot("UpdateThing", thingName=thing_name, attributePayload=payload)
 
 
 def certificate_create(*, csr_pem: str | None) -> NewCertificate:
     """Create an INACTIVE certificate: it becomes usable only when `certificate_activate` runs."""
     if csr_pem is None:
-        response = _call("CreateKeysAndCertificate", iot_client().create_keys_and_certificate, setAsActive=False)
+        response = _iot("CreateKeysAndCertificate", setAsActive=False)
         private_key = response["keyPair"]["PrivateKey"]
     else:
-        response = _call(
+        response = _iot(
             "CreateCertificateFromCsr",
-            iot_client().create_certificate_from_csr,
             certificateSigningRequest=csr_pem,
             setAsActive=False,
         )
@@ -222,25 +241,24 @@ def certificate_create(*, csr_pem: str | None) -> NewCertificate:
 
 
 def policy_attach(*, policy_name: str, certificate_arn: str) -> None:
-    _call("AttachPolicy", iot_client().attach_policy, policyName=policy_name, target=certificate_arn)
+    _iot("AttachPolicy", policyName=policy_name, target=certificate_arn)
 
 
 def thing_attach(*, thing_name: str, certificate_arn: str) -> None:
-    _call(
+    _iot(
         "AttachThingPrincipal",
-        iot_client().attach_thing_principal,
         thingName=thing_name,
         principal=certificate_arn,
     )
 
 
 def certificate_activate(*, certificate_id: str) -> None:
-    _call("UpdateCertificate", iot_client().update_certificate, certificateId=certificate_id, newStatus="ACTIVE")
+    _iot("UpdateCertificate", certificateId=certificate_id, newStatus="ACTIVE")
 
 
-def _ignore_missing(operation: str, fn: Callable[..., Any], **kwargs: Any) -> None:
+def _ignore_missing(operation: str, **kwargs: Any) -> None:
     try:
-        _call(operation, fn, **kwargs)
+        _iot(operation, **kwargs)
     except AwsRejected as exc:
         if exc.code not in {"ResourceNotFoundException", "InvalidRequestException"}:
             raise
@@ -248,10 +266,9 @@ def _ignore_missing(operation: str, fn: Callable[..., Any], **kwargs: Any) -> No
 
 def certificate_revoke(*, certificate_id: str, certificate_arn: str, thing_name: str, policy_name: str) -> None:
     """REVOKED first, so the certificate stops working before anything else happens, then detach."""
-    iot = iot_client()
-    _ignore_missing("UpdateCertificate", iot.update_certificate, certificateId=certificate_id, newStatus="REVOKED")
-    _ignore_missing("DetachThingPrincipal", iot.detach_thing_principal, thingName=thing_name, principal=certificate_arn)
-    _ignore_missing("DetachPolicy", iot.detach_policy, policyName=policy_name, target=certificate_arn)
+    _ignore_missing("UpdateCertificate", certificateId=certificate_id, newStatus="REVOKED")
+    _ignore_missing("DetachThingPrincipal", thingName=thing_name, principal=certificate_arn)
+    _ignore_missing("DetachPolicy", policyName=policy_name, target=certificate_arn)
 
 
 def certificate_discard(*, certificate_id: str, certificate_arn: str, thing_name: str, policy_name: str) -> None:
@@ -261,17 +278,16 @@ def certificate_discard(*, certificate_id: str, certificate_arn: str, thing_name
     tried even when an earlier one failed (the activation we are undoing may never have happened), and
     the first error is raised at the end.
     """
-    iot = iot_client()
-    steps: list[tuple[str, Callable[..., Any], dict[str, Any]]] = [
-        ("UpdateCertificate", iot.update_certificate, {"certificateId": certificate_id, "newStatus": "INACTIVE"}),
-        ("DetachThingPrincipal", iot.detach_thing_principal, {"thingName": thing_name, "principal": certificate_arn}),
-        ("DetachPolicy", iot.detach_policy, {"policyName": policy_name, "target": certificate_arn}),
-        ("DeleteCertificate", iot.delete_certificate, {"certificateId": certificate_id, "forceDelete": True}),
+    steps: list[tuple[str, dict[str, Any]]] = [
+        ("UpdateCertificate", {"certificateId": certificate_id, "newStatus": "INACTIVE"}),
+        ("DetachThingPrincipal", {"thingName": thing_name, "principal": certificate_arn}),
+        ("DetachPolicy", {"policyName": policy_name, "target": certificate_arn}),
+        ("DeleteCertificate", {"certificateId": certificate_id, "forceDelete": True}),
     ]
     errors: list[AwsError] = []
-    for operation, fn, kwargs in steps:
+    for operation, kwargs in steps:
         try:
-            _ignore_missing(operation, fn, **kwargs)
+            _ignore_missing(operation, **kwargs)
         except AwsError as exc:
             errors.append(exc)
     if errors:
@@ -280,7 +296,7 @@ def certificate_discard(*, certificate_id: str, certificate_arn: str, thing_name
 
 def certificate_describe(*, certificate_id: str) -> CertificateInfo | None:
     try:
-        response = _call("DescribeCertificate", iot_client().describe_certificate, certificateId=certificate_id)
+        response = _iot("DescribeCertificate", certificateId=certificate_id)
     except AwsRejected as exc:
         if exc.code == "ResourceNotFoundException":
             return None
@@ -296,7 +312,7 @@ def certificate_describe(*, certificate_id: str) -> CertificateInfo | None:
 def thing_certificates(*, thing_name: str) -> list[CertificateInfo]:
     """Every certificate attached to the thing, with its status; empty when the thing does not exist."""
     try:
-        response = _call("ListThingPrincipals", iot_client().list_thing_principals, thingName=thing_name)
+        response = _iot("ListThingPrincipals", thingName=thing_name)
     except AwsRejected as exc:
         if exc.code == "ResourceNotFoundException":
             return []
@@ -403,14 +419,13 @@ def device_policy_document() -> dict[str, Any]:
 def policy_ensure(*, policy_name: str) -> bool:
     """Create the device policy when missing; True when it was created."""
     try:
-        _call("GetPolicy", iot_client().get_policy, policyName=policy_name)
+        _iot("GetPolicy", policyName=policy_name)
         return False
     except AwsRejected as exc:
         if exc.code != "ResourceNotFoundException":
             raise
-    _call(
+    _iot(
         "CreatePolicy",
-        iot_client().create_policy,
         policyName=policy_name,
         policyDocument=json.dumps(device_policy_document()),
     )
@@ -422,7 +437,7 @@ def policy_targets(*, policy_name: str) -> set[str]:
     targets: set[str] = set()
     kwargs: dict[str, Any] = {"policyName": policy_name, "pageSize": 250}
     while True:
-        response = _call("ListTargetsForPolicy", iot_client().list_targets_for_policy, **kwargs)
+        response = _iot("ListTargetsForPolicy", **kwargs)
         targets.update(response.get("targets", []))
         if not response.get("nextMarker"):
             return targets
@@ -430,7 +445,7 @@ def policy_targets(*, policy_name: str) -> set[str]:
 
 
 def policy_detach(*, policy_name: str, certificate_arn: str) -> None:
-    _ignore_missing("DetachPolicy", iot_client().detach_policy, policyName=policy_name, target=certificate_arn)
+    _ignore_missing("DetachPolicy", policyName=policy_name, target=certificate_arn)
 
 
 # --- DynamoDB ------------------------------------------------------------------------------------

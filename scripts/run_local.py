@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -106,6 +107,11 @@ class Launcher:
             self.env.pop("AWS_SESSION_TOKEN", None)
         tls = ensure_tls(VAR / "tls")
         self.write_local_env(embedded)
+        # gunicorn's workers share their Prometheus samples through files; stale ones must go.
+        metrics_dir = VAR / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir()
+        self.env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
 
         if embedded:
             emulator = self.start(

@@ -1,0 +1,94 @@
+"""The quota governor keeps AWS IoT calls under the account's quota, shared across processes via Redis."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+
+import pytest
+from django.test import override_settings
+
+from provisioning import governor
+from provisioning.models import Device, DeviceState
+
+from .conftest import vend
+
+
+def redis_available() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_local_schedule_spaces_calls_and_refuses_beyond_the_queue():
+    backend = governor.LocalBackend()
+    waits = [backend.reserve("Op", interval=0.1, tolerance=0.0, max_wait=0.35).wait for _ in range(4)]
+    assert waits[0] == 0
+    assert waits == sorted(waits)
+    assert 0.25 < waits[3] <= 0.35
+
+    refused = backend.reserve("Op", interval=0.1, tolerance=0.0, max_wait=0.35)
+    assert not refused.granted
+    assert refused.wait > 0.35, "Retry-After says when a slot is really free"
+
+
+def test_burst_is_allowed_then_calls_are_spaced():
+    backend = governor.LocalBackend()
+    waits = [backend.reserve("Op", interval=0.1, tolerance=0.2, max_wait=1).wait for _ in range(4)]
+    assert waits[:3] == [0, 0, 0]
+    assert waits[3] > 0
+
+
+@pytest.mark.skipif(not redis_available(), reason="no Redis on 127.0.0.1:6379")
+def test_two_instances_share_one_schedule_through_redis():
+    import redis
+
+    redis.Redis().delete("cvm:quota:SharedOp")
+    first, second = governor.RedisBackend("redis://127.0.0.1:6379/0"), governor.RedisBackend("redis://127.0.0.1:6379/0")
+    waits = [
+        (first if i % 2 else second).reserve("SharedOp", interval=0.1, tolerance=0.0, max_wait=5).wait for i in range(6)
+    ]
+    # One schedule: each reservation lands 100 ms after the previous one, whichever instance made it.
+    assert waits[0] < 0.05
+    for earlier, later in itertools.pairwise(waits):
+        assert 0.07 < later - earlier < 0.13
+    redis.Redis().delete("cvm:quota:SharedOp")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_beyond_the_quota_is_answered_503_with_retry_after_and_keeps_the_token(api, aws_mock, make_device):
+    first, second = make_device(), make_device()
+    governor.backend.cache_clear()
+    with override_settings(CVM_AWS_RATES={"default": 1000, "CreateKeysAndCertificate": 0.05}, CVM_AWS_QUEUE_SECONDS=0):
+        assert vend(api, first.serial, first.token).status_code == 201
+        response = vend(api, second.serial, second.token)
+    governor.backend.cache_clear()
+
+    assert response.status_code == 503
+    assert 15 <= int(response["Retry-After"]) <= 21, "the next slot is 20 s away at 0.05 calls/s"
+    assert Device.objects.get(serial=second.serial).state == DeviceState.TOKEN_ISSUED
+    assert len(aws_mock.all_certificates()) == 1, "the refused vend made no AWS call"
+
+
+@pytest.mark.django_db
+def test_metrics_are_served_to_loopback_and_count_vends(client, api, aws_mock, make_device):
+    device = make_device()
+    vend(api, device.serial, device.token)
+
+    body = client.get("/metrics").content.decode()
+
+    assert 'cvm_vend_requests_total{outcome="issued"}' in body
+    assert "cvm_vend_duration_seconds_bucket" in body
+    assert 'cvm_aws_call_duration_seconds_count{operation="CreateKeysAndCertificate"}' in body
+    assert "cvm_outbox_backlog" in body
+    assert "cvm_outbox_lag_seconds" in body
+    assert client.get("/metrics", REMOTE_ADDR="203.0.113.5").status_code == 403
+
+
+@pytest.mark.django_db
+@override_settings(CVM_METRICS_TOKEN="scrape-secret")
+def test_metrics_with_a_token_need_the_token(client):
+    assert client.get("/metrics").status_code == 403
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-secret").status_code == 200

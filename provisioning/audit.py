@@ -6,39 +6,60 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connection
 from django.utils import timezone
 
+from .bulk import db_datetime, db_json, insert_rows
 from .models import AuditChainHead, AuditEvent
 
 GENESIS_HASH = "0" * 64
 
 
-def _event_hash(event: AuditEvent) -> str:
-    """SHA-256 over the event's content and its predecessor's hash.
+def _hash(
+    seq: int,
+    created_at: datetime,
+    kind: str,
+    actor: str,
+    serial: str,
+    client_address: str | None,
+    data: dict[str, Any],
+    prev_hash: str,
+) -> str:
+    """SHA-256 over an event's content and its predecessor's hash.
 
     Canonical JSON (sorted keys, fixed separators) so the same row always hashes the same, whatever
     database stored it.
     """
     body = json.dumps(
-        [
-            event.seq,
-            event.created_at.astimezone(UTC).isoformat(),
-            event.kind,
-            event.actor,
-            event.serial,
-            event.client_address,
-            event.data,
-            event.prev_hash,
-        ],
+        [seq, created_at.astimezone(UTC).isoformat(), kind, actor, serial, client_address, data, prev_hash],
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=True,
     )
     return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _event_hash(event: AuditEvent) -> str:
+    return _hash(
+        event.seq,
+        event.created_at,
+        event.kind,
+        event.actor,
+        event.serial,
+        event.client_address,
+        event.data,
+        event.prev_hash,
+    )
+
+
+def _plain(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` as the database will give it back (JSON types only), so the hash matches on reading."""
+    if all(isinstance(value, str | int | bool | type(None)) for value in data.values()):
+        return data
+    return json.loads(json.dumps(data, default=str))
 
 
 @dataclass(frozen=True)
@@ -50,8 +71,11 @@ class NewEvent:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def audit_append_many(events: list[NewEvent]) -> list[AuditEvent]:
-    """Append events in order; call it inside the transaction of the change they record."""
+def audit_append_many(events: list[NewEvent]) -> list[tuple[Any, ...]]:
+    """Append events in order; call it inside the transaction of the change they record.
+
+    Returns the rows written as (seq, kind, actor, serial, client_address, data, prev_hash, hash).
+    """
     if not connection.in_atomic_block:
         raise RuntimeError("audit events must be written inside the transaction of the change they record")
     if not events:
@@ -62,23 +86,22 @@ def audit_append_many(events: list[NewEvent]) -> list[AuditEvent]:
     head = AuditChainHead.objects.select_for_update().get(pk=1)
     created_at = timezone.now()
     seq, prev_hash = head.last_seq, head.last_hash
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     for event in events:
         seq += 1
-        # `data` round-trips through JSON so the hash covers exactly what the database will give back.
-        row = AuditEvent(
-            seq=seq,
-            created_at=created_at,
-            kind=event.kind,
-            actor=event.actor,
-            serial=event.serial,
-            client_address=event.client_address,
-            data=json.loads(json.dumps(event.data, default=str)),
-            prev_hash=prev_hash,
+        data = _plain(event.data)
+        event_hash = _hash(
+            seq, created_at, event.kind, event.actor, event.serial, event.client_address, data, prev_hash
         )
-        row.hash = prev_hash = _event_hash(row)
-        rows.append(row)
-    AuditEvent.objects.bulk_create(rows, batch_size=2000)
+        rows.append((seq, event.kind, event.actor, event.serial, event.client_address, data, prev_hash, event_hash))
+        prev_hash = event_hash
+    stamp = db_datetime(created_at)
+    # Plain executemany: imports and token runs append one event per device, 100,000 at a time.
+    insert_rows(
+        AuditEvent,
+        ["seq", "created_at", "kind", "actor", "serial", "client_address", "data", "prev_hash", "hash"],
+        ((r[0], stamp, r[1], r[2], r[3], r[4], db_json(r[5]), r[6], r[7]) for r in rows),
+    )
     AuditChainHead.objects.filter(pk=1).update(last_seq=seq, last_hash=prev_hash)
     return rows
 
@@ -90,10 +113,9 @@ def audit_append(
     serial: str = "",
     client_address: str | None = None,
     data: dict[str, Any] | None = None,
-) -> AuditEvent:
+) -> None:
     """Append one event; call it inside the transaction of the change it records."""
-    event = NewEvent(kind=kind, actor=actor, serial=serial, client_address=client_address, data=data or {})
-    return audit_append_many([event])[0]
+    audit_append_many([NewEvent(kind=kind, actor=actor, serial=serial, client_address=client_address, data=data or {})])
 
 
 @dataclass(frozen=True)

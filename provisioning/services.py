@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from . import aws
 from .audit import NewEvent, audit_append, audit_append_many
+from .bulk import chunks, db_datetime, db_json, insert_rows
 from .crypto import (
     ValidatedCsr,
     amazon_root_ca_pem,
@@ -41,7 +42,13 @@ from .models import (
     KeyOrigin,
     Product,
 )
-from .selectors import device_association_item, device_get, refusals_in_window
+from .selectors import (
+    association_item,
+    association_items,
+    device_association_item,
+    device_get,
+    refusals_in_window,
+)
 from .validators import SERIAL_RE
 
 logger = logging.getLogger(__name__)
@@ -176,38 +183,26 @@ def serials_parse_csv(text: str, *, default_product: str | None = None) -> list[
 
 def devices_import(*, rows: list[ImportRow], actor: str) -> ImportReport:
     """Register every new serial in one transaction; serials already known are left as they are."""
+    now = timezone.now()
     with transaction.atomic():
         product_names = sorted({row.product for row in rows})
-        products = {product.name: product for product in Product.objects.filter(name__in=product_names)}
-        missing = [Product(name=name) for name in product_names if name not in products]
+        existing = set(Product.objects.filter(name__in=product_names).values_list("name", flat=True))
+        missing = [Product(name=name) for name in product_names if name not in existing]
         Product.objects.bulk_create(missing)
-        products.update({product.name: product for product in Product.objects.filter(name__in=product_names)})
+        product_ids = dict(Product.objects.filter(name__in=product_names).values_list("name", "id"))
 
         known: set[str] = set()
-        serials = [row.serial for row in rows]
-        for start in range(0, len(serials), 900):  # SQLite caps the parameters of one query
-            chunk = serials[start : start + 900]
+        for chunk in chunks([row.serial for row in rows]):
             known.update(Device.objects.filter(serial__in=chunk).values_list("serial", flat=True))
         new_rows = [row for row in rows if row.serial not in known]
-        Device.objects.bulk_create(
-            [
-                Device(
-                    serial=row.serial,
-                    product=products[row.product],
-                    thing_name=thing_name_for(row.serial),
-                    version=1,
-                )
-                for row in new_rows
-            ],
-            batch_size=2000,
-        )
-        created = {
-            device.serial: device
-            for start in range(0, len(new_rows), 900)
-            for device in Device.objects.select_related("product").filter(
-                serial__in=[row.serial for row in new_rows[start : start + 900]]
-            )
-        }
+        stamp = db_datetime(now)
+        insert_rows(
+            Device,
+            ["serial", "product_id", "state", "token_digest", "thing_name", "aws_cleanup_pending", "version",
+             "created_at", "updated_at"],
+            ((row.serial, product_ids[row.product], DeviceState.REGISTERED, "", thing_name_for(row.serial), False, 1,
+              stamp, stamp) for row in new_rows),
+        )  # fmt: skip
         audit_append_many(
             [
                 NewEvent(
@@ -223,14 +218,28 @@ def devices_import(*, rows: list[ImportRow], actor: str) -> ImportReport:
                 )
             ]
         )
-        DynamoOutbox.objects.bulk_create(
+        # New devices are all alike but for serial, product and thing name: their items need no query.
+        _outbox_insert(
             [
-                DynamoOutbox(serial=row.serial, version=1, item=device_association_item(created[row.serial]))
+                association_item(
+                    serial=row.serial, state=DeviceState.REGISTERED, version=1, product=row.product,
+                    thing_name=thing_name_for(row.serial), token_digest="", last_request_at=None, certificate_id=None,
+                )
                 for row in new_rows
             ],
-            batch_size=2000,
-        )
+            now=now,
+        )  # fmt: skip
     return ImportReport(created=len(new_rows), already_known=len(known), products_created=len(missing))
+
+
+def _outbox_insert(items: list[dict], *, now: datetime) -> None:
+    """Queue the DynamoDB items of many devices changed in this transaction."""
+    stamp = db_datetime(now)
+    insert_rows(
+        DynamoOutbox,
+        ["serial", "version", "item", "created_at", "attempts", "last_error"],
+        ((item["productId"], item["version"], db_json(item), stamp, 0, "") for item in items),
+    )
 
 
 def device_register(*, serial: str, product_name: str, actor: str) -> Device:
@@ -260,29 +269,28 @@ def tokens_issue(*, serials: list[str], actor: str, ttl_days: int | None = None)
         raise ServiceError("no devices to issue tokens for")
     now = timezone.now()
     expires_at = now + timedelta(days=ttl)
-    issued: list[IssuedToken] = []
+    issued = [IssuedToken(serial=serial, token=token_generate(), expires_at=expires_at) for serial in serials]
+    quote = connection.ops.quote_name
+    # The state condition makes an update lose cleanly against a vend that claimed the device a moment
+    # ago; any row not updated rolls the whole run back, so either every device gets its token or none.
+    table = quote(Device._meta.db_table)  # from the model; every value below is a parameter
+    sql = (
+        f"UPDATE {table} SET state = %s, token_digest = %s, token_expires_at = %s, "  # noqa: S608
+        "token_issued_at = %s, updated_at = %s, version = version + 1 WHERE serial = %s AND state IN (%s, %s)"
+    )
+    stamp, expires = db_datetime(now), db_datetime(expires_at)
     with transaction.atomic():
-        for serial in serials:
-            token = token_generate()
-            # The state condition makes the update lose cleanly against a vend that claimed the device
-            # a moment ago: then nothing is issued at all.
-            updated = Device.objects.filter(serial=serial, state__in=TOKEN_ISSUABLE).update(
-                state=DeviceState.TOKEN_ISSUED,
-                token_digest=token_digest(token),
-                token_expires_at=expires_at,
-                token_issued_at=now,
-                version=F("version") + 1,
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                sql,
+                [
+                    (DeviceState.TOKEN_ISSUED, token_digest(t.token), expires, stamp, stamp, t.serial, *TOKEN_ISSUABLE)
+                    for t in issued
+                ],
             )
-            if updated != 1:
-                device = Device.objects.filter(serial=serial).first()
-                if device is None:
-                    raise ServiceError(f"unknown serial {serial}")
-                raise ServiceError(f"device {serial} is {device.state}; use reset to give it a new token")
-            issued.append(IssuedToken(serial=serial, token=token, expires_at=expires_at))
-        devices = Device.objects.select_related("product", "current_certificate")
-        by_serial = {}
-        for start in range(0, len(serials), 900):
-            by_serial.update({d.serial: d for d in devices.filter(serial__in=serials[start : start + 900])})
+            updated = cursor.rowcount
+        if updated != len(issued):
+            _raise_why_tokens_failed(serials)
         audit_append_many(
             [
                 NewEvent(
@@ -294,14 +302,22 @@ def tokens_issue(*, serials: list[str], actor: str, ttl_days: int | None = None)
                 for serial in serials
             ]
         )
-        DynamoOutbox.objects.bulk_create(
-            [
-                DynamoOutbox(serial=s, version=by_serial[s].version, item=device_association_item(by_serial[s]))
-                for s in serials
-            ],
-            batch_size=2000,
-        )
+        items = association_items(serials)
+        _outbox_insert([items[serial] for serial in serials], now=now)
     return issued
+
+
+def _raise_why_tokens_failed(serials: list[str]) -> None:
+    states: dict[str, str] = {}
+    for chunk in chunks(serials):
+        states.update(Device.objects.filter(serial__in=chunk).values_list("serial", "state"))
+    for serial in serials:
+        if serial not in states:
+            raise ServiceError(f"unknown serial {serial}")
+    if len(set(serials)) != len(serials):
+        raise ServiceError("a serial is listed twice")
+    blocked = next(serial for serial in serials if states[serial] not in TOKEN_ISSUABLE)
+    raise ServiceError(f"device {blocked} is {states[blocked]}; use reset to give it a new token")
 
 
 def registered_serials() -> list[str]:

@@ -82,8 +82,10 @@ def audit_append_many(events: list[NewEvent]) -> list[tuple[Any, ...]]:
         return []
     # The head row lock serialises appenders on PostgreSQL; SQLite's IMMEDIATE transactions already
     # serialise all writers. Either way two events can never claim the same predecessor.
-    AuditChainHead.objects.get_or_create(pk=1)  # made by a migration; a flushed test database lacks it
-    head = AuditChainHead.objects.select_for_update().get(pk=1)
+    head = AuditChainHead.objects.select_for_update().filter(pk=1).first()
+    if head is None:  # made by a migration; only a flushed test database lacks it
+        AuditChainHead.objects.get_or_create(pk=1)
+        head = AuditChainHead.objects.select_for_update().get(pk=1)
     created_at = timezone.now()
     seq, prev_hash = head.last_seq, head.last_hash
     rows: list[tuple[Any, ...]] = []

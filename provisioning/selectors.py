@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Min
+from django.db.models import Count, Min, Q
 from django.db.models.functions import TruncDate
 
 from .models import AuditEvent, AuditKind, Device, DeviceState, DynamoOutbox
@@ -89,17 +89,30 @@ def device_get(*, serial: str) -> Device | None:
     return Device.objects.select_related("product", "current_certificate").filter(serial=serial).first()
 
 
+@dataclass(frozen=True)
+class RefusalWindow:
+    count: int
+    oldest: datetime | None
+
+
 def refusals_in_window(
-    *, since: datetime, serial: str | None = None, client_address: str | None = None
-) -> tuple[int, datetime | None]:
-    """How many token refusals since `since` for a serial or an address, and when the oldest was."""
-    events = AuditEvent.objects.filter(kind=AuditKind.VEND_REFUSED, created_at__gte=since)
-    if serial is not None:
-        events = events.filter(serial=serial)
-    if client_address is not None:
-        events = events.filter(client_address=client_address)
-    result = events.aggregate(count=Count("id"), oldest=Min("created_at"))
-    return result["count"], result["oldest"]
+    *, since: datetime, serial: str, client_address: str | None
+) -> tuple[RefusalWindow, RefusalWindow]:
+    """Token refusals since `since` for the serial and for the address, in one query."""
+    for_serial = Q(serial=serial)
+    for_address = Q(client_address=client_address) if client_address else Q(pk__in=[])
+    result = AuditEvent.objects.filter(
+        for_serial | for_address, kind=AuditKind.VEND_REFUSED, created_at__gte=since
+    ).aggregate(
+        serial_count=Count("id", filter=for_serial),
+        serial_oldest=Min("created_at", filter=for_serial),
+        address_count=Count("id", filter=for_address),
+        address_oldest=Min("created_at", filter=for_address),
+    )
+    return (
+        RefusalWindow(result["serial_count"], result["serial_oldest"]),
+        RefusalWindow(result["address_count"], result["address_oldest"]),
+    )
 
 
 def stale_claim_cutoff(*, now: datetime, timeout_seconds: int) -> datetime:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -341,22 +341,21 @@ def _refuse(serial: str, reason: str, client_address: str | None) -> VendRefused
 
 
 def _check_failure_limits(serial: str, client_address: str | None, now: datetime) -> None:
-    since = now - FAILURE_WINDOW
-    checks = [("serial", {"serial": serial}, settings.CVM_FAILED_TOKENS_PER_SERIAL)]
-    if client_address:
-        checks.append(("address", {"client_address": client_address}, settings.CVM_FAILED_TOKENS_PER_ADDRESS))
-    for scope, filters, limit in checks:
-        count, oldest = refusals_in_window(since=since, **filters)
-        if count >= limit:
+    by_serial, by_address = refusals_in_window(since=now - FAILURE_WINDOW, serial=serial, client_address=client_address)
+    for scope, window, limit in (
+        ("serial", by_serial, settings.CVM_FAILED_TOKENS_PER_SERIAL),
+        ("address", by_address, settings.CVM_FAILED_TOKENS_PER_ADDRESS),
+    ):
+        if window.count >= limit:
             # The window slides: the limit lifts when the oldest failure in it is an hour old.
-            retry_after = math.ceil(((oldest or now) + FAILURE_WINDOW - now).total_seconds())
+            retry_after = math.ceil(((window.oldest or now) + FAILURE_WINDOW - now).total_seconds())
             with transaction.atomic():
                 audit_append(
                     kind=AuditKind.VEND_THROTTLED,
                     actor=DEVICE_ACTOR,
                     serial=serial,
                     client_address=client_address,
-                    data={"scope": scope, "failures": count},
+                    data={"scope": scope, "failures": window.count},
                 )
             raise VendRetryLater(429, retry_after, "too many failed attempts; retry later")
 
@@ -524,16 +523,26 @@ def _record_issued(
     *, device: Device, claim_id: uuid.UUID, new: aws.NewCertificate, key_origin: str, client_address: str | None
 ) -> bool:
     now = timezone.now()
-    with transaction.atomic():
-        owned = Device.objects.filter(pk=device.pk, state=DeviceState.ISSUING, claim_id=claim_id).update(
-            state=DeviceState.ACTIVE,
-            claim_id=None,
-            claimed_at=None,
-            aws_cleanup_pending=False,
-            version=F("version") + 1,
+    try:
+        return _record_issued_once(
+            device=device, claim_id=claim_id, new=new, key_origin=key_origin, client_address=client_address, now=now
         )
-        if not owned:
-            return False
+    except IntegrityError:
+        # Only possible when our claim was recovered and another request issued meanwhile: the device
+        # already has its one active certificate, and ours must not survive.
+        return False
+
+
+def _record_issued_once(
+    *,
+    device: Device,
+    claim_id: uuid.UUID,
+    new: aws.NewCertificate,
+    key_origin: str,
+    client_address: str | None,
+    now: datetime,
+) -> bool:
+    with transaction.atomic():
         certificate = Certificate.objects.create(
             device=device,
             certificate_id=new.certificate_id,
@@ -544,9 +553,19 @@ def _record_issued(
             issued_at=now,
             issued_to_address=client_address,
         )
-        Device.objects.filter(pk=device.pk).update(
-            current_certificate=certificate, thing_name=thing_name_for(device.serial)
+        owned = Device.objects.filter(pk=device.pk, state=DeviceState.ISSUING, claim_id=claim_id).update(
+            state=DeviceState.ACTIVE,
+            claim_id=None,
+            claimed_at=None,
+            aws_cleanup_pending=False,
+            current_certificate=certificate,
+            thing_name=thing_name_for(device.serial),
+            version=F("version") + 1,
         )
+        if not owned:
+            # The claim was recovered meanwhile: roll the certificate row back with the transaction.
+            transaction.set_rollback(True)
+            return False
         record_device_change(
             device.pk,
             kind=AuditKind.CERTIFICATE_ISSUED,

@@ -9,8 +9,10 @@ however workers interleave; a lease keeps two workers from writing the same row.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -25,6 +27,7 @@ from .models import DynamoOutbox
 logger = logging.getLogger(__name__)
 
 LEASE = timedelta(seconds=60)
+WRITERS = 16
 MAX_BACKOFF_SECONDS = 300
 IDLE_SLEEP_SECONDS = 0.5
 FAILURE_SLEEP_SECONDS = 2.0
@@ -70,22 +73,20 @@ def outbox_drain(*, batch_size: int = 200, ignore_backoff: bool = False) -> Drai
             newest[row.serial] = row
     done = [row.pk for row in rows if newest[row.serial].pk != row.pk]
     superseded = len(done)
-    failed: list[tuple[DynamoOutbox, str]] = []
-    written = 0
     table = settings.CVM_DYNAMODB_TABLE
-    queue = list(newest.values())
-    for index, row in enumerate(queue):
+
+    def put(row: DynamoOutbox) -> str | None:
         try:
             aws.association_put(table_name=table, item=row.item)
+            return None
         except aws.AwsError as exc:
-            failed.append((row, exc.code))
-            if isinstance(exc, aws.AwsUnavailable):
-                # DynamoDB is down or throttling us: the rest of the batch would fail the same way.
-                failed.extend((other, exc.code) for other in queue[index + 1 :])
-                break
-            continue
-        written += 1
-        done.append(row.pk)
+            return exc.code
+
+    # One serial appears once per batch, so the writes are independent and can go out side by side.
+    outcomes = list(_pool().map(put, newest.values()))
+    failed = [(row, code) for row, code in zip(newest.values(), outcomes, strict=True) if code is not None]
+    done.extend(row.pk for row, code in zip(newest.values(), outcomes, strict=True) if code is None)
+    written = len(newest) - len(failed)
     now = timezone.now()
     with transaction.atomic():
         DynamoOutbox.objects.filter(pk__in=done).update(done_at=now, leased_until=None, last_error="")
@@ -100,6 +101,11 @@ def outbox_drain(*, batch_size: int = 200, ignore_backoff: bool = False) -> Drai
     if failed:
         logger.warning("dynamodb sync failed", extra={"failed": len(failed), "code": failed[0][1]})
     return DrainReport(written=written, superseded=superseded, failed=len(failed))
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="dynamodb")
 
 
 def outbox_follow(*, stop: threading.Event, batch_size: int = 200) -> None:

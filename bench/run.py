@@ -93,6 +93,17 @@ def manage(env: dict[str, str], *args: str) -> str:
     ).stdout
 
 
+def run_python(code: str, env: dict[str, str], *args: str) -> dict[str, Any]:
+    """Run a benchmark body in a fresh Django process; it prints one JSON line last."""
+    result = subprocess.run(
+        [PYTHON, "-c", code, *args], cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "cvm_portal.settings"},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"benchmark process failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def fresh_env(name: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DATABASE_URL", "CACHE_URL", "CVM_"))}
     env.update(BASE_ENV, DATABASE_URL=f"sqlite:///{WORK / (name + '.sqlite3')}", **extra)
@@ -145,12 +156,7 @@ with override_settings(ROOT_URLCONF="bench.urls"):
             vend.append(t1 - t0); bare.append(t2 - t1)
 print(json.dumps({"vend": vend, "bare": bare}))
 """
-    env = fresh_env("overhead")
-    out = subprocess.run(
-        [PYTHON, "-c", code, "300"], cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "cvm_portal.settings"},
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    data = json.loads(out.strip().splitlines()[-1])
+    data = run_python(code, fresh_env("overhead"), "300")
     vend, bare = data["vend"], data["bare"]
     median_ratio = statistics.median(vend) / statistics.median(bare)
     p99_ratio = percentile(vend, 0.99) / percentile(bare, 0.99)
@@ -242,8 +248,10 @@ def bench_burst(devices: int = 500, quota: float = 15.0) -> dict[str, Any]:
 
         redis.Redis(db=14).flushdb()
         fake_port = free_port()
+        # The governor is set a little under the account's quota (96 %), as it should be in production:
+        # the two clocks never tick exactly together, and a call that lands early is throttled.
         rates = ",".join(
-            f"{op}={quota}"
+            f"{op}={quota * 0.96}"
             for op in ("default", "CreateThing", "CreateKeysAndCertificate", "AttachPolicy", "AttachThingPrincipal",
                        "UpdateCertificate", "DescribeEndpoint")
         )  # fmt: skip
@@ -368,6 +376,8 @@ with transaction.atomic():
         ((pk, hashlib.sha256(serial.encode()).hexdigest(), "arn:aws:iot:us-east-1:1:cert/x",
           hashlib.sha256(b"f" + serial.encode()).hexdigest(), "csr", "active", serial, db_datetime(now), "", "")
          for pk, serial in ids))
+    # Synthetic rows do not chain; the head only has to know the last number so appends go on after it.
+    AuditChainHead.objects.filter(pk=1).update(last_seq=target)
 with connection.cursor() as cursor:
     cursor.execute("ANALYZE")
 User.objects.create_superuser("bench", "", "bench-password-123")
@@ -396,11 +406,7 @@ for name, url in pages.items():
 print(json.dumps({"pages": results, "events": AuditEvent.objects.order_by("-seq").values_list("seq", flat=True)[0],
                   "devices": Device.objects.order_by("-id").values_list("id", flat=True)[0]}))
 """
-    out = subprocess.run(
-        [PYTHON, "-c", code], cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "cvm_portal.settings"},
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    data = json.loads(out.strip().splitlines()[-1])
+    data = run_python(code, env)
     pages = data["pages"]
     return {
         "name": "admin",
@@ -479,11 +485,7 @@ rows = DynamoOutbox.objects.filter(serial__startswith="LAG-", done_at__isnull=Fa
 lags = [(r.done_at - r.created_at).total_seconds() for r in rows]
 print(json.dumps({"n": len(lags), "median": statistics.median(lags), "max": max(lags)}))
 """
-    out = subprocess.run(
-        [PYTHON, "-c", code], cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "cvm_portal.settings"},
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    data = json.loads(out.strip().splitlines()[-1])
+    data = run_python(code, env)
     return {"lag while vending: changes": data["n"], "lag median s": data["median"], "lag max s": data["max"]}
 
 
@@ -539,7 +541,7 @@ DESCRIPTIONS = {
     "(policy and thing concurrently), activate.",
     "burst": "500 devices at once (100 concurrent clients) through gunicorn (2 workers x 32 threads) against a "
     "fake AWS IoT that allows 15 calls/s per API and throttles beyond (20 ms per call). The governor shares a "
-    "15/s quota per API through Redis; devices retry on 409/429/503 after `Retry-After`.",
+    "14.4/s schedule per API (96 % of the quota) through Redis; devices retry on 409/429/503 after `Retry-After`.",
     "bulk": "`import_serials` of 100,000 serials, then `issue_tokens --all-registered` for all of them, each a "
     "separate process (start-up included); peak resident memory of that process.",
     "admin": "Server time (median of 5, in-process test client) and query count of admin changelists as a "

@@ -198,6 +198,9 @@ CVM_FAILED_TOKENS_PER_SERIAL = env.int("CVM_FAILED_TOKENS_PER_SERIAL", default=1
 CVM_FAILED_TOKENS_PER_ADDRESS = env.int("CVM_FAILED_TOKENS_PER_ADDRESS", default=100)
 CVM_REQUESTS_PER_ADDRESS = env.int("CVM_REQUESTS_PER_ADDRESS", default=6000)
 CVM_REQUIRE_CSR = env.bool("CVM_REQUIRE_CSR", default=False)
+# The reference CVM's device endpoint (GET /getcert?serialNumber=…&deviceToken=…), for firmware that
+# cannot be reflashed. Off unless asked for: its token travels in the URL.
+CVM_LEGACY_API = env.bool("CVM_LEGACY_API", default=False)
 # A claim older than this is taken to belong to a process that died mid-issuance and is recovered.
 CVM_CLAIM_TIMEOUT_SECONDS = env.int("CVM_CLAIM_TIMEOUT_SECONDS", default=120)
 

@@ -479,10 +479,14 @@ class DeviceAdmin(CsvExportMixin, BigListAdmin):
         return self._revoke(request, list(queryset.select_related("current_certificate").order_by("serial")))
 
     def revoke_view(self, request: HttpRequest, pk: int) -> HttpResponse:
-        if not self.has_revoke_device_permission(request):
+        return self._one_device(request, pk, allowed=self.has_revoke_device_permission(request), act=self._revoke)
+
+    def _one_device(self, request: HttpRequest, pk: int, *, allowed: bool, act: Any) -> HttpResponse:
+        """Revoke or reset from the device page: the bulk flow with one device, back to its page after."""
+        if not allowed:
             raise PermissionDenied
         device = get_object_or_404(Device.objects.select_related("current_certificate"), pk=pk)
-        response = self._revoke(request, [device], single=True)
+        response = act(request, [device], single=True)
         return response or HttpResponseRedirect(reverse("admin:provisioning_device_change", args=[pk]))
 
     def _revoke(self, request: HttpRequest, devices: list[Device], single: bool = False) -> HttpResponse | None:
@@ -512,11 +516,7 @@ class DeviceAdmin(CsvExportMixin, BigListAdmin):
         return self._reset(request, list(queryset.select_related("current_certificate").order_by("serial")))
 
     def reset_view(self, request: HttpRequest, pk: int) -> HttpResponse:
-        if not self.has_reset_device_permission(request):
-            raise PermissionDenied
-        device = get_object_or_404(Device.objects.select_related("current_certificate"), pk=pk)
-        response = self._reset(request, [device], single=True)
-        return response or HttpResponseRedirect(reverse("admin:provisioning_device_change", args=[pk]))
+        return self._one_device(request, pk, allowed=self.has_reset_device_permission(request), act=self._reset)
 
     def _reset(self, request: HttpRequest, devices: list[Device], single: bool = False) -> HttpResponse | None:
         form = ResetForm(request.POST if "confirm" in request.POST else None)

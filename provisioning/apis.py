@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from prometheus_client import CONTENT_TYPE_LATEST
 from rest_framework import status
-from rest_framework.exceptions import APIException
+from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
@@ -22,9 +22,16 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from . import metrics
+from .crypto import ValidatedCsr
 from .middleware import client_address
-from .serializers import DetailSerializer, HealthSerializer, VendInputSerializer, VendOutputSerializer
-from .services import VendRefused, VendRetryLater, certificate_vend
+from .serializers import (
+    DetailSerializer,
+    HealthSerializer,
+    LegacyInputSerializer,
+    VendInputSerializer,
+    VendOutputSerializer,
+)
+from .services import VendRefused, VendResult, VendRetryLater, certificate_vend
 
 logger = logging.getLogger(__name__)
 
@@ -110,21 +117,9 @@ class CertificateVendApi(APIView):
         serializer = VendInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        request._request.cvm_serial = data["serial"]
-        try:
-            result = certificate_vend(
-                serial=data["serial"],
-                token=data["token"],
-                csr=data["validated_csr"],
-                client_address=client_address(request._request),
-            )
-        except VendRefused as exc:
-            request._request.cvm_outcome = f"refused:{exc.reason}"
-            return Response({"detail": GENERIC_REFUSAL}, status=status.HTTP_403_FORBIDDEN)
-        except VendRetryLater as exc:
-            request._request.cvm_outcome = f"retry_later:{exc.status}"
-            return _retry_later(exc)
-        request._request.cvm_outcome = "issued"
+        result = self.vend(request, serial=data["serial"], token=data["token"], csr=data["validated_csr"])
+        if isinstance(result, Response):
+            return result
         body = {
             "serial": result.serial,
             "thing_name": result.thing_name,
@@ -138,10 +133,70 @@ class CertificateVendApi(APIView):
             body["private_key_pem"] = result.private_key_pem
         return Response(body, status=status.HTTP_201_CREATED)
 
+    @staticmethod
+    def vend(request: Request, *, serial: str, token: str, csr: ValidatedCsr | None) -> VendResult | Response:
+        """Call the service and turn a refusal into its answer; the caller shapes a success."""
+        request._request.cvm_serial = serial
+        try:
+            result = certificate_vend(
+                serial=serial, token=token, csr=csr, client_address=client_address(request._request)
+            )
+        except VendRefused as exc:
+            request._request.cvm_outcome = f"refused:{exc.reason}"
+            return Response({"detail": GENERIC_REFUSAL}, status=status.HTTP_403_FORBIDDEN)
+        except VendRetryLater as exc:
+            request._request.cvm_outcome = f"retry_later:{exc.status}"
+            return _retry_later(exc)
+        request._request.cvm_outcome = "issued"
+        return result
+
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, APIException):
             self.request._request.cvm_outcome = f"rejected:{type(exc).__name__}"
         return super().handle_exception(exc)
+
+
+class LegacyCertificateApi(CertificateVendApi):
+    """The reference CVM's device call, for firmware that cannot change (`CVM_LEGACY_API`).
+
+    `GET /getcert?serialNumber=…&deviceToken=…`, or the same two fields as a JSON body on POST, answered
+    on success in the reference's shape. Everything else is this portal's: one-time tokens, no orphans,
+    lockout, audit, and its status codes and generic bodies on failure.
+    """
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        if not settings.CVM_LEGACY_API:
+            raise NotFound
+        super().initial(request, *args, **kwargs)
+
+    @extend_schema(exclude=True)
+    def get(self, request: Request) -> Response:
+        return self.legacy(request, request.query_params)
+
+    @extend_schema(exclude=True)
+    def post(self, request: Request) -> Response:
+        return self.legacy(request, request.data)
+
+    def legacy(self, request: Request, params: Any) -> Response:
+        serializer = LegacyInputSerializer(data=params)
+        serializer.is_valid(raise_exception=True)
+        if settings.CVM_REQUIRE_CSR:
+            # The reference had AWS generate every key; this portal is set to accept device keys only.
+            raise ValidationError({"detail": ["this portal requires a CSR; the legacy call cannot send one"]})
+        data = serializer.validated_data
+        result = self.vend(request, serial=data["serialNumber"], token=data["deviceToken"], csr=None)
+        if isinstance(result, Response):
+            return result
+        return Response(
+            {
+                "certificateArn": result.certificate_arn,
+                "certificateId": result.certificate_id,
+                "certificatePem": result.certificate_pem,
+                "keyPair": {"PublicKey": result.public_key_pem, "PrivateKey": result.private_key_pem},
+                "RootCA": result.root_ca_pem,
+            },
+            status=status.HTTP_200_OK,
+        )
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:

@@ -192,6 +192,7 @@ class NewCertificate:
     arn: str
     certificate_pem: str
     private_key_pem: str | None  # only when AWS generated the key; never stored
+    public_key_pem: str | None = None  # likewise
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,7 @@ class CertificateInfo:
     certificate_id: str
     arn: str
     status: str  # ACTIVE, INACTIVE, REVOKED, PENDING_TRANSFER ...
+    pem: str = ""
 
 
 @functools.cache
@@ -225,18 +227,20 @@ def certificate_create(*, csr_pem: str | None) -> NewCertificate:
     if csr_pem is None:
         response = _iot("CreateKeysAndCertificate", setAsActive=False)
         private_key = response["keyPair"]["PrivateKey"]
+        public_key = response["keyPair"].get("PublicKey")
     else:
         response = _iot(
             "CreateCertificateFromCsr",
             certificateSigningRequest=csr_pem,
             setAsActive=False,
         )
-        private_key = None
+        private_key = public_key = None
     return NewCertificate(
         certificate_id=response["certificateId"],
         arn=response["certificateArn"],
         certificate_pem=response["certificatePem"],
         private_key_pem=private_key,
+        public_key_pem=public_key,
     )
 
 
@@ -306,6 +310,7 @@ def certificate_describe(*, certificate_id: str) -> CertificateInfo | None:
         certificate_id=description["certificateId"],
         arn=description["certificateArn"],
         status=description["status"],
+        pem=description.get("certificatePem", ""),
     )
 
 
@@ -507,8 +512,8 @@ def association_delete(*, table_name: str, serial: str) -> None:
     _call("DeleteItem", dynamodb_client().delete_item, TableName=table_name, Key={"productId": {"S": serial}})
 
 
-def association_scan(*, table_name: str) -> Iterator[dict[str, Any]]:
-    """Every item of the table, as plain Python values (numbers as int)."""
+def table_scan(*, table_name: str) -> Iterator[dict[str, Any]]:
+    """Every item of a DynamoDB table, as plain Python values (numbers as int)."""
     kwargs: dict[str, Any] = {"TableName": table_name, "ConsistentRead": True}
     while True:
         response = _call("Scan", dynamodb_client().scan, **kwargs)
@@ -518,3 +523,7 @@ def association_scan(*, table_name: str) -> Iterator[dict[str, Any]]:
         if "LastEvaluatedKey" not in response:
             return
         kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+
+def association_scan(*, table_name: str) -> Iterator[dict[str, Any]]:
+    return table_scan(table_name=table_name)

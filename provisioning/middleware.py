@@ -69,14 +69,17 @@ class RequestLogMiddleware:
         return response
 
 
+DEVICE_PATHS = ("/api/", "/getcert")
+
+
 class ApiGuardMiddleware:
-    """For /api/: refuse bodies over the limit before anything reads them, and forbid caching."""
+    """For device paths: refuse bodies over the limit before anything reads them, and forbid caching."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if not request.path.startswith("/api/"):
+        if not request.path.startswith(DEVICE_PATHS):
             return self.get_response(request)
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)

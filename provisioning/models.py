@@ -126,6 +126,7 @@ class AuditKind(models.TextChoices):
     DEVICE_REVOKED = "device_revoked", "device revoked"
     DEVICE_RESET = "device_reset", "device reset"
     RECONCILE_REPAIR = "reconcile_repair", "reconcile repair"
+    LEGACY_IMPORTED = "legacy_imported", "imported from the reference CVM table"
     ADMIN_LOGIN = "admin_login", "staff login"
     ADMIN_LOGIN_FAILED = "admin_login_failed", "staff login failed"
 

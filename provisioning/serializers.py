@@ -74,3 +74,20 @@ class DetailSerializer(serializers.Serializer):
 
 class HealthSerializer(serializers.Serializer):
     status = serializers.CharField()
+
+
+class LegacyInputSerializer(serializers.Serializer):
+    """The reference CVM's two fields, under the same serial rule as the portal's own API."""
+
+    serialNumber = serializers.RegexField(
+        SERIAL_PATTERN,
+        max_length=64,
+        trim_whitespace=False,
+        error_messages={"invalid": "serial must be 1-64 characters: letters, digits, ':', '_' or '-'"},
+    )
+    deviceToken = serializers.CharField(max_length=256, trim_whitespace=False)
+
+    def validate_serialNumber(self, value: str) -> str:
+        if not SERIAL_RE.match(value):
+            raise serializers.ValidationError(self.fields["serialNumber"].error_messages["invalid"])
+        return value

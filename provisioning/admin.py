@@ -161,7 +161,7 @@ class BigListAdmin(admin.ModelAdmin):
     list_per_page = 100
 
 
-class ReadOnlyAdmin(BigListAdmin):
+class NoEditing:
     """Nobody adds, changes or deletes here, superusers included."""
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -172,6 +172,10 @@ class ReadOnlyAdmin(BigListAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class ReadOnlyAdmin(NoEditing, BigListAdmin):
+    pass
 
 
 # --- Products -----------------------------------------------------------------------------------
@@ -225,7 +229,7 @@ class ResetForm(TtlForm):
     reason = forms.CharField(max_length=255, help_text="recorded in the audit log")
 
 
-class CertificateInline(admin.TabularInline):
+class CertificateInline(NoEditing, admin.TabularInline):
     model = Certificate
     fields = ["certificate_link", "status", "key_origin", "fingerprint_sha256", "issued_at", "revoked_at"]
     readonly_fields = fields
@@ -238,15 +242,6 @@ class CertificateInline(admin.TabularInline):
     def certificate_link(self, obj: Certificate) -> str:
         url = reverse("admin:provisioning_certificate_change", args=[obj.pk])
         return format_html('<a href="{}">{}</a>', url, obj.certificate_id[:16] + "…")
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Device)

@@ -51,6 +51,16 @@ def wait_until(check, timeout: float = 30.0) -> None:
     raise TimeoutError("service did not come up")
 
 
+def stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 @dataclass
 class Portal:
     url: str
@@ -149,13 +159,7 @@ def portal(tmp_path_factory) -> Iterator[Portal]:
         wait_until(lambda: urllib.request.urlopen(url + "/api/v1/health", context=context, timeout=2).status == 200)
         yield Portal(url=url, ca=tls.ca_cert, env=env, workdir=workdir, logs=logs, aws_endpoint=env["AWS_ENDPOINT_URL"])
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(processes)
 
 
 def run_client(portal: Portal, serial: str, token: str, out: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -22,7 +22,7 @@ from django.db import connection
 from provisioning import services
 from scripts.local_tls import ensure_tls
 
-from .test_e2e import free_port, wait_until
+from .test_e2e import free_port, stop, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -134,11 +134,5 @@ def test_two_instances_share_the_database_and_the_quota(transactional_db, tmp_pa
             principals = iot.list_thing_principals(thingName=serial)["principals"]
             assert len(principals) == 1, f"{serial}: {principals}"
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(processes)
         redis.Redis(db=15).flushdb()

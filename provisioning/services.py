@@ -386,7 +386,11 @@ def certificate_vend(*, serial: str, token: str, csr: ValidatedCsr | None, clien
         token_matches(token, "")  # same work as for a known serial, so timing reveals nothing
         raise _refuse(serial, "unknown_serial", client_address)
     if device.state == DeviceState.ISSUING and _claim_is_stale(device, now):
-        claim_recover(device=device)
+        try:
+            claim_recover(device=device)
+        except aws.AwsError as exc:
+            # The dead issuance cannot be cleaned up while AWS does not answer; nothing else may start.
+            raise VendRetryLater(503, exc.retry_after, "AWS IoT is unavailable; retry later") from None
         device = device_get(serial=serial)
         assert device is not None
     reason = _refusal_reason(device, token, now)

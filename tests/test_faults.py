@@ -167,3 +167,19 @@ def test_lost_answers_leave_no_active_certificate(api, aws_mock, aws_fault, make
     response = vend(api, device.serial, device.token)
     assert response.status_code == 201
     assert [c["certificateId"] for c in aws_mock.active_certificates()] == [response.json()["certificate_id"]]
+
+
+def test_recovering_a_dead_claim_while_aws_is_down_is_a_503_not_an_error(api, aws_mock, aws_fault, make_device):
+    device = make_device()
+    Device.objects.filter(serial=device.serial).update(
+        state=DeviceState.ISSUING, claimed_at=timezone.now() - timedelta(minutes=3)
+    )
+    fault = aws_fault("ListThingPrincipals")
+
+    response = vend(api, device.serial, device.token)
+
+    assert response.status_code == 503
+    assert int(response["Retry-After"]) >= 1
+    assert Device.objects.get(serial=device.serial).state == DeviceState.ISSUING, "still to be recovered"
+    fault.heal()
+    assert vend(api, device.serial, device.token).status_code == 201

@@ -38,6 +38,13 @@ def secret_file(name: str) -> str:
     return path.read_text().strip()
 
 
+def ensure_free(port: int, what: str) -> None:
+    """Stop early and say why, rather than talk to whatever already holds the port."""
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", port)) == 0:
+            raise SystemExit(f"port {port} is already in use; stop what holds it before starting {what}")
+
+
 def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -113,7 +120,9 @@ class Launcher:
         metrics_dir.mkdir()
         self.env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
 
+        ensure_free(int(PORTAL_BIND.rsplit(":", 1)[1]), "the portal")
         if embedded:
+            ensure_free(EMULATOR_PORT, "the AWS emulator")
             emulator = self.start(
                 "AWS emulator",
                 [PYTHON, "-m", "scripts.emulator", "--port", str(EMULATOR_PORT)],
@@ -167,7 +176,9 @@ def main() -> int:
     def interrupted(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
+    # Both explicitly: a shell that starts us in the background leaves SIGINT ignored otherwise.
     signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     try:
         return launcher.run()
     except KeyboardInterrupt:

@@ -172,8 +172,10 @@ def test_two_workers_write_each_change_once_and_in_order(aws_mock, make_device, 
     real_put = aws.association_put
 
     def recording_put(*, table_name, item):
-        ok = real_put(table_name=table_name, item=item)
+        # Held across the write, so the order recorded is the order DynamoDB saw; the workers still
+        # lease, coalesce and mark rows concurrently.
         with lock:
+            ok = real_put(table_name=table_name, item=item)
             attempted.append((item["productId"], item["version"]))
             if ok:
                 accepted[item["productId"]].append(item["version"])

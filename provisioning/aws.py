@@ -523,7 +523,3 @@ def table_scan(*, table_name: str) -> Iterator[dict[str, Any]]:
         if "LastEvaluatedKey" not in response:
             return
         kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
-
-
-def association_scan(*, table_name: str) -> Iterator[dict[str, Any]]:
-    return table_scan(table_name=table_name)

@@ -9,6 +9,7 @@ Every repair writes an audit event.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from . import aws
 from .audit import audit_append
 from .models import AuditKind, Certificate, CertificateStatus, Device, DeviceState
 from .selectors import device_association_item
-from .services import claim_recover, record_device_change, thing_name_for
+from .services import claim_is_stale, claim_recover, record_device_change, thing_name_for
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def _comparable(item: dict) -> dict:
 
 def _table_differences(devices: dict[str, Device]) -> list[Difference]:
     table = settings.CVM_DYNAMODB_TABLE
-    items = {item["productId"]: item for item in aws.association_scan(table_name=table)}
+    items = {item["productId"]: item for item in aws.table_scan(table_name=table)}
     differences = []
     for serial, device in devices.items():
         expected = _comparable(device_association_item(device))
@@ -85,28 +86,15 @@ def _table_differences(devices: dict[str, Device]) -> list[Difference]:
 # --- AWS IoT ------------------------------------------------------------------------------------
 
 
-def _revoke_in_aws(info: aws.CertificateInfo, thing_name: str) -> Callable[[], None]:
-    def repair() -> None:
-        aws.certificate_revoke(
-            certificate_id=info.certificate_id,
-            certificate_arn=info.arn,
-            thing_name=thing_name,
-            policy_name=settings.CVM_IOT_POLICY_NAME,
-        )
-
-    return repair
-
-
-def _discard_in_aws(info: aws.CertificateInfo, thing_name: str) -> Callable[[], None]:
-    def repair() -> None:
-        aws.certificate_discard(
-            certificate_id=info.certificate_id,
-            certificate_arn=info.arn,
-            thing_name=thing_name,
-            policy_name=settings.CVM_IOT_POLICY_NAME,
-        )
-
-    return repair
+def _in_aws(action: Callable[..., None], info: aws.CertificateInfo, thing_name: str) -> Callable[[], None]:
+    """A repair that revokes or discards one certificate the thing holds."""
+    return functools.partial(
+        action,
+        certificate_id=info.certificate_id,
+        certificate_arn=info.arn,
+        thing_name=thing_name,
+        policy_name=settings.CVM_IOT_POLICY_NAME,
+    )
 
 
 def _record_lost_certificate(device: Device, certificate: Certificate, why: str) -> Callable[[], None]:
@@ -158,7 +146,7 @@ def _device_iot_differences(device: Device, policy_targets: set[str]) -> list[Di
                         serial,
                         "orphan_certificate",
                         f"{certificate_id} is ACTIVE in AWS IoT but not recorded; it will be revoked, not adopted",
-                        _revoke_in_aws(info, thing_name),
+                        _in_aws(aws.certificate_revoke, info, thing_name),
                     )
                 )
             elif info.status != "REVOKED":
@@ -167,7 +155,7 @@ def _device_iot_differences(device: Device, policy_targets: set[str]) -> list[Di
                         serial,
                         "leftover_certificate",
                         f"{certificate_id} ({info.status}) from an issuance that did not finish",
-                        _discard_in_aws(info, thing_name),
+                        _in_aws(aws.certificate_discard, info, thing_name),
                     )
                 )
         elif recorded.status == CertificateStatus.REVOKED and info.status != "REVOKED":
@@ -176,7 +164,7 @@ def _device_iot_differences(device: Device, policy_targets: set[str]) -> list[Di
                     serial,
                     "revoked_certificate_usable",
                     f"{certificate_id} is revoked in the database but {info.status} in AWS IoT",
-                    _revoke_in_aws(info, thing_name),
+                    _in_aws(aws.certificate_revoke, info, thing_name),
                 )
             )
 
@@ -236,16 +224,15 @@ def _device_iot_differences(device: Device, policy_targets: set[str]) -> list[Di
 
 
 def _claim_differences(device: Device) -> list[Difference]:
-    if device.state != DeviceState.ISSUING:
-        return []
-    cutoff = timezone.now() - timezone.timedelta(seconds=settings.CVM_CLAIM_TIMEOUT_SECONDS)
-    if device.claimed_at and device.claimed_at > cutoff:
+    if device.state != DeviceState.ISSUING or not claim_is_stale(device, timezone.now()):
         return []
     return [
         Difference(
             device.serial,
             "stale_claim",
-            f"issuing since {device.claimed_at:%Y-%m-%d %H:%M:%S}; the issuance died and will be rolled back",
+            f"issuing since {device.claimed_at:%Y-%m-%d %H:%M:%S}; the issuance died and will be rolled back"
+            if device.claimed_at
+            else "issuing with no claim time; the issuance died and will be rolled back",
             lambda: claim_recover(device=device, actor="reconcile"),
         )
     ]

@@ -115,10 +115,6 @@ def refusals_in_window(
     )
 
 
-def stale_claim_cutoff(*, now: datetime, timeout_seconds: int) -> datetime:
-    return now - timedelta(seconds=timeout_seconds)
-
-
 # --- Dashboard ------------------------------------------------------------------------------------
 
 

@@ -385,7 +385,7 @@ def certificate_vend(*, serial: str, token: str, csr: ValidatedCsr | None, clien
     if device is None:
         token_matches(token, "")  # same work as for a known serial, so timing reveals nothing
         raise _refuse(serial, "unknown_serial", client_address)
-    if device.state == DeviceState.ISSUING and _claim_is_stale(device, now):
+    if device.state == DeviceState.ISSUING and claim_is_stale(device, now):
         try:
             claim_recover(device=device)
         except aws.AwsError as exc:
@@ -587,7 +587,7 @@ def _record_issued_once(
 # --- Recovery -----------------------------------------------------------------------------------
 
 
-def _claim_is_stale(device: Device, now: datetime) -> bool:
+def claim_is_stale(device: Device, now: datetime) -> bool:
     timeout = timedelta(seconds=settings.CVM_CLAIM_TIMEOUT_SECONDS)
     return device.claimed_at is None or device.claimed_at <= now - timeout
 
@@ -622,7 +622,7 @@ def claim_recover(*, device: Device, actor: str = SYSTEM_ACTOR) -> bool:
     Only a stale claim is touched; if its owner is merely slow, its own final step notices the claim is
     gone and withdraws its certificate.
     """
-    if device.state != DeviceState.ISSUING or not _claim_is_stale(device, timezone.now()):
+    if device.state != DeviceState.ISSUING or not claim_is_stale(device, timezone.now()):
         return False
     discarded = _discard_unknown_certificates(device)
     with transaction.atomic():

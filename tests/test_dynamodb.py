@@ -23,7 +23,7 @@ TABLE = "cvm-device-association"
 
 
 def table(aws_mock) -> dict[str, dict]:
-    return {item["productId"]: item for item in aws.association_scan(table_name=TABLE)}
+    return {item["productId"]: item for item in aws.table_scan(table_name=TABLE)}
 
 
 def drain() -> None:

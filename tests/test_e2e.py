@@ -310,7 +310,7 @@ def test_no_token_or_private_key_reaches_the_database_or_any_log(portal):
         "shell",
         "-c",
         "from provisioning import aws; import json; "
-        "print(json.dumps(list(aws.association_scan(table_name='cvm-device-association'))))",
+        "print(json.dumps(list(aws.table_scan(table_name='cvm-device-association'))))",
     ).stdout
     haystacks["dynamodb"] = table
     assert "E2E-CSR" in table

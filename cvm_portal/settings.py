@@ -11,6 +11,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from provisioning import validators
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 
@@ -189,8 +191,10 @@ CVM_TOKEN_HMAC_KEY = _required_secret("CVM_TOKEN_HMAC_KEY", min_length=32)
 # Older keys still accepted when checking a token, so the key can rotate without reflashing devices.
 CVM_TOKEN_HMAC_KEY_FALLBACKS = env.list("CVM_TOKEN_HMAC_KEY_FALLBACKS", default=[])
 CVM_TOKEN_TTL_DAYS = env.int("CVM_TOKEN_TTL_DAYS", default=90)
-if CVM_TOKEN_TTL_DAYS < 1:
-    raise ImproperlyConfigured("CVM_TOKEN_TTL_DAYS must be 1 or more")
+if not validators.TOKEN_TTL_MIN_DAYS <= CVM_TOKEN_TTL_DAYS <= validators.TOKEN_TTL_MAX_DAYS:
+    raise ImproperlyConfigured(
+        f"CVM_TOKEN_TTL_DAYS must be {validators.TOKEN_TTL_MIN_DAYS} to {validators.TOKEN_TTL_MAX_DAYS} days"
+    )
 
 # --- Device API limits
 CVM_MAX_BODY_BYTES = 64 * 1024
@@ -208,6 +212,16 @@ CVM_CLAIM_TIMEOUT_SECONDS = env.int("CVM_CLAIM_TIMEOUT_SECONDS", default=120)
 CVM_THING_NAME_PREFIX = env.str("CVM_THING_NAME_PREFIX", default="")
 CVM_IOT_POLICY_NAME = env.str("CVM_IOT_POLICY_NAME", default="cvm-device-policy")
 CVM_DYNAMODB_TABLE = env.str("CVM_DYNAMODB_TABLE", default="cvm-device-association")
+# Names AWS would refuse fail here, at start, not as a 503 on every device's first request.
+if CVM_THING_NAME_PREFIX and not validators.THING_NAME_RE.match(CVM_THING_NAME_PREFIX + "x" * 64):
+    raise ImproperlyConfigured(
+        "CVM_THING_NAME_PREFIX: thing names allow only letters, digits, ':', '_' and '-', at most 128 characters "
+        "with the 64-character serial"
+    )
+if not validators.POLICY_NAME_RE.match(CVM_IOT_POLICY_NAME):
+    raise ImproperlyConfigured("CVM_IOT_POLICY_NAME: 1-128 of letters, digits and + = , . @ _ - (AWS IoT's rule)")
+if not validators.TABLE_NAME_RE.match(CVM_DYNAMODB_TABLE):
+    raise ImproperlyConfigured("CVM_DYNAMODB_TABLE: 3-255 of letters, digits and _ . - (DynamoDB's rule)")
 CVM_OUTBOX_RETENTION_DAYS = env.int("CVM_OUTBOX_RETENTION_DAYS", default=7)
 CVM_AWS_CONNECT_TIMEOUT = env.float("CVM_AWS_CONNECT_TIMEOUT", default=3.0)
 CVM_AWS_READ_TIMEOUT = env.float("CVM_AWS_READ_TIMEOUT", default=10.0)

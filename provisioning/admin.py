@@ -43,7 +43,13 @@ from .services import (
     tokens_issue,
 )
 from .tokenfiles import tokens_csv
-from .validators import SERIAL_RE
+from .validators import (
+    PRODUCT_NAME_MAX,
+    SERIAL_RE,
+    TOKEN_TTL_MAX_DAYS,
+    TOKEN_TTL_MIN_DAYS,
+    validate_product_name,
+)
 
 MAX_IMPORT_BYTES = 20 * 1024 * 1024
 
@@ -212,12 +218,20 @@ class DeviceAddForm(forms.ModelForm):
 
 class ImportForm(forms.Form):
     file = forms.FileField(help_text="CSV with the header serial or serial,product")
-    product = forms.CharField(required=False, max_length=64, help_text="product for rows that name none")
+    product = forms.CharField(
+        required=False,
+        max_length=PRODUCT_NAME_MAX,
+        validators=[validate_product_name],
+        help_text="product for rows that name none",
+    )
 
 
 class TtlForm(forms.Form):
     ttl_days = forms.IntegerField(
-        min_value=1, max_value=3650, initial=settings.CVM_TOKEN_TTL_DAYS, label="Token lifetime (days)"
+        min_value=TOKEN_TTL_MIN_DAYS,
+        max_value=TOKEN_TTL_MAX_DAYS,
+        initial=settings.CVM_TOKEN_TTL_DAYS,
+        label="Token lifetime (days)",
     )
 
 

@@ -16,6 +16,7 @@ IAM actions the portal needs:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -61,12 +62,20 @@ TRANSIENT_CODES = frozenset(
 # botocore's standard mode retries these as throttling, but in AWS IoT they mean a hard account limit
 # (e.g. too many certificates): retrying only burns the control-plane quota, so they fail at once.
 NOT_RETRIED_CODES = frozenset({"LimitExceededException"})
+# Answers a caller expects and handles (not failures worth logging or counting).
+MISSING = frozenset({"ResourceNotFoundException"})
+ALREADY_EXISTS = frozenset({"ResourceAlreadyExistsException"})
+# Detaching what is not attached, or revoking what is already revoked, is InvalidRequest in AWS IoT.
+MISSING_OR_DONE = frozenset({"ResourceNotFoundException", "InvalidRequestException"})
+CONDITION_FAILED = frozenset({"ConditionalCheckFailedException"})
 THROTTLE_RETRY_AFTER = 5
 OUTAGE_RETRY_AFTER = 15
 
 
 class AwsError(Exception):
     """Base of the two domain errors; `code` is AWS's error code or a short name of the failure."""
+
+    kind = "error"  # "transient" or "configuration": metrics, logs and the dashboard tell them apart
 
     def __init__(self, code: str, operation: str, retry_after: int = OUTAGE_RETRY_AFTER) -> None:
         super().__init__(f"{operation}: {code}")
@@ -80,9 +89,14 @@ class AwsError(Exception):
 class AwsUnavailable(AwsError):
     """AWS could not be reached, timed out or throttled us after the retries botocore made."""
 
+    kind = "transient"
+
 
 class AwsRejected(AwsError):
-    """AWS refused the request for a reason a retry will not change."""
+    """AWS refused the request for a reason a retry will not change: usually the portal's configuration
+    (a missing policy or thing type, access denied, an account limit)."""
+
+    kind = "configuration"
 
 
 def _translate(operation: str, exc: Exception) -> AwsError:
@@ -98,30 +112,49 @@ def _translate(operation: str, exc: Exception) -> AwsError:
     return AwsUnavailable(type(exc).__name__, operation)
 
 
-def _call(operation: str, fn: Callable[..., T], /, **kwargs: Any) -> T:
+def _call(operation: str, fn: Callable[..., T], /, *, expected: frozenset[str] = frozenset(), **kwargs: Any) -> T:
+    """Make one AWS call; translate, log and count its failure.
+
+    `expected` names error codes the caller handles as an answer (ResourceNotFound while ensuring a
+    resource exists): those are neither logged nor counted. Every other refusal is logged at ERROR with
+    operation and code, since a permanent refusal (a missing policy, access denied) means the fleet's
+    devices will get 503 until someone fixes the configuration; a transient failure is a WARNING.
+    """
     started = time.perf_counter()
     try:
         return fn(**kwargs)
     except (ClientError, BotoCoreError) as exc:
         error = _translate(operation, exc)
-        if error.retry_after == THROTTLE_RETRY_AFTER:
-            metrics.AWS_THROTTLES.labels(operation).inc()
-        # A rejection is often expected (ResourceNotFound while ensuring); an outage never is.
-        level = logging.WARNING if isinstance(error, AwsUnavailable) else logging.DEBUG
-        logger.log(level, "aws call failed", extra={"operation": operation, "code": error.code})
+        if error.code not in expected:
+            _report(error)
         raise error from None
     finally:
         metrics.AWS_CALL_SECONDS.labels(operation).observe(time.perf_counter() - started)
 
 
-def _iot(operation: str, /, **kwargs: Any) -> Any:
+def _report(error: AwsError) -> None:
+    if error.retry_after == THROTTLE_RETRY_AFTER:
+        metrics.AWS_THROTTLES.labels(error.operation).inc()
+    metrics.AWS_ERRORS.labels(error.operation, error.code, error.kind).inc()
+    if isinstance(error, AwsRejected):
+        logger.error(
+            "AWS refused a call: check the portal's AWS configuration",
+            extra={"operation": error.operation, "code": error.code, "error_kind": error.kind},
+        )
+    else:
+        logger.warning(
+            "AWS call failed", extra={"operation": error.operation, "code": error.code, "error_kind": error.kind}
+        )
+
+
+def _iot(operation: str, /, *, expected: frozenset[str] = frozenset(), **kwargs: Any) -> Any:
     """An AWS IoT call, after the quota governor granted it a slot."""
     try:
         governor.acquire(operation)
     except governor.QuotaExhausted as exc:
         metrics.AWS_QUOTA_REFUSALS.labels(operation).inc()
         raise AwsUnavailable("QuotaExhausted", operation, max(1, math.ceil(exc.retry_after))) from None
-    return _call(operation, getattr(iot_client(), xform_name(operation)), **kwargs)
+    return _call(operation, getattr(iot_client(), xform_name(operation)), expected=expected, **kwargs)
 
 
 def _refuse_hard_limits(response: Any = None, operation: Any = None, **_: Any) -> None:
@@ -193,6 +226,10 @@ class NewCertificate:
     certificate_pem: str
     private_key_pem: str | None  # only when AWS generated the key; never stored
     public_key_pem: str | None = None  # likewise
+    # Certificates the thing already held that were set REVOKED (or deleted, if never activated)
+    # before this one was activated: the thing never has two usable certificates.
+    strays_revoked: tuple[str, ...] = ()
+    strays_discarded: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -214,7 +251,7 @@ def thing_ensure(*, thing_name: str, attributes: dict[str, str]) -> None:
     """Create the thing, or bring its attributes up to date when it already exists."""
     payload = {"attributes": attributes, "merge": True}
     try:
-        _iot("CreateThing", thingName=thing_name, attributePayload=payload)
+        _iot("CreateThing", thingName=thing_name, attributePayload=payload, expected=ALREADY_EXISTS)
     except AwsRejected as exc:
         # AWS answers ResourceAlreadyExists when the thing exists with other attributes.
         if exc.code != "ResourceAlreadyExistsException":
@@ -262,9 +299,9 @@ def certificate_activate(*, certificate_id: str) -> None:
 
 def _ignore_missing(operation: str, **kwargs: Any) -> None:
     try:
-        _iot(operation, **kwargs)
+        _iot(operation, expected=MISSING_OR_DONE, **kwargs)
     except AwsRejected as exc:
-        if exc.code not in {"ResourceNotFoundException", "InvalidRequestException"}:
+        if exc.code not in MISSING_OR_DONE:
             raise
 
 
@@ -300,7 +337,7 @@ def certificate_discard(*, certificate_id: str, certificate_arn: str, thing_name
 
 def certificate_describe(*, certificate_id: str) -> CertificateInfo | None:
     try:
-        response = _iot("DescribeCertificate", certificateId=certificate_id)
+        response = _iot("DescribeCertificate", certificateId=certificate_id, expected=MISSING)
     except AwsRejected as exc:
         if exc.code == "ResourceNotFoundException":
             return None
@@ -317,7 +354,7 @@ def certificate_describe(*, certificate_id: str) -> CertificateInfo | None:
 def thing_certificates(*, thing_name: str) -> list[CertificateInfo]:
     """Every certificate attached to the thing, with its status; empty when the thing does not exist."""
     try:
-        response = _iot("ListThingPrincipals", thingName=thing_name)
+        response = _iot("ListThingPrincipals", thingName=thing_name, expected=MISSING)
     except AwsRejected as exc:
         if exc.code == "ResourceNotFoundException":
             return []
@@ -332,14 +369,43 @@ def thing_certificates(*, thing_name: str) -> list[CertificateInfo]:
     return infos
 
 
+def _strays_remove(
+    strays: list[CertificateInfo], *, known: frozenset[str], thing_name: str, policy_name: str
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Apply reconcile's rule to what the thing already holds: nothing else stays usable.
+
+    A certificate the database recorded, or one AWS holds ACTIVE, is set REVOKED and detached (never
+    adopted, never deleted: it may be evidence). One the database never saw and that was never
+    activated is a leftover of an issuance that did not finish, and is deleted.
+    Returns (revoked ids, discarded ids).
+    """
+    revoked, discarded = [], []
+    for info in strays:
+        if info.status == "REVOKED":
+            continue
+        action = certificate_revoke if info.status == "ACTIVE" or info.certificate_id in known else certificate_discard
+        action(
+            certificate_id=info.certificate_id, certificate_arn=info.arn, thing_name=thing_name, policy_name=policy_name
+        )
+        (revoked if action is certificate_revoke else discarded).append(info.certificate_id)
+    return tuple(revoked), tuple(discarded)
+
+
 def certificate_provision(
-    *, thing_name: str, attributes: dict[str, str], csr_pem: str | None, policy_name: str
+    *,
+    thing_name: str,
+    attributes: dict[str, str],
+    csr_pem: str | None,
+    policy_name: str,
+    known_certificate_ids: frozenset[str] = frozenset(),
 ) -> NewCertificate:
     """Thing, certificate, policy, attachment, activation — or nothing usable at all.
 
     Three dependent stages; the calls within a stage run concurrently:
       1. create the thing | create the certificate (INACTIVE) | look up the data endpoint
-      2. attach the policy | attach the certificate to the thing
+         | list what the thing already holds
+      2. attach the policy | attach the certificate to the thing | revoke what the thing held
+         (`_strays_remove`; `known_certificate_ids` are the ones the database recorded)
       3. activate the certificate
     If any step fails, the certificate is deactivated, detached and deleted before the error is raised,
     so no ACTIVE certificate is left behind; a crash between steps leaves at worst an INACTIVE one,
@@ -349,21 +415,28 @@ def certificate_provision(
     thing_future = pool.submit(thing_ensure, thing_name=thing_name, attributes=attributes)
     cert_future = pool.submit(certificate_create, csr_pem=csr_pem)
     endpoint_future = pool.submit(iot_data_endpoint)
+    # Listed before our certificate is attached, so everything found here is someone else's.
+    strays_future = pool.submit(thing_certificates, thing_name=thing_name)
     certificate: NewCertificate | None = None
     try:
         certificate = cert_future.result()
         thing_future.result()
         endpoint_future.result()
+        strays = strays_future.result()
         attach_futures = [
             pool.submit(policy_attach, policy_name=policy_name, certificate_arn=certificate.arn),
             pool.submit(thing_attach, thing_name=thing_name, certificate_arn=certificate.arn),
         ]
-        for future in attach_futures:
-            future.exception()  # wait for both before deciding, so compensation sees a settled state
+        strays_removed = pool.submit(
+            _strays_remove, strays, known=known_certificate_ids, thing_name=thing_name, policy_name=policy_name
+        )
+        for future in [*attach_futures, strays_removed]:
+            future.exception()  # wait for all before deciding, so compensation sees a settled state
         for future in attach_futures:
             future.result()
+        revoked, discarded = strays_removed.result()
         certificate_activate(certificate_id=certificate.certificate_id)
-        return certificate
+        return dataclasses.replace(certificate, strays_revoked=revoked, strays_discarded=discarded)
     except BaseException as exc:
         if certificate is not None:
             removed = certificate_discard_quietly(certificate, thing_name=thing_name, policy_name=policy_name)
@@ -424,7 +497,7 @@ def device_policy_document() -> dict[str, Any]:
 def policy_ensure(*, policy_name: str) -> bool:
     """Create the device policy when missing; True when it was created."""
     try:
-        _iot("GetPolicy", policyName=policy_name)
+        _iot("GetPolicy", policyName=policy_name, expected=MISSING)
         return False
     except AwsRejected as exc:
         if exc.code != "ResourceNotFoundException":
@@ -462,7 +535,7 @@ _deserializer = TypeDeserializer()
 def table_ensure(*, table_name: str) -> bool:
     """Create the association table (on-demand billing) when missing; True when it was created."""
     try:
-        _call("DescribeTable", dynamodb_client().describe_table, TableName=table_name)
+        _call("DescribeTable", dynamodb_client().describe_table, TableName=table_name, expected=MISSING)
         return False
     except AwsRejected as exc:
         if exc.code != "ResourceNotFoundException":
@@ -483,19 +556,20 @@ def table_ensure(*, table_name: str) -> bool:
 def association_put(*, table_name: str, item: dict[str, Any]) -> bool:
     """Write an item unless the table already holds the same or a newer version; False when it did."""
     try:
-        dynamodb_client().put_item(
+        _call(
+            "PutItem",
+            dynamodb_client().put_item,
+            expected=CONDITION_FAILED,
             TableName=table_name,
             Item={key: _serializer.serialize(value) for key, value in item.items() if value is not None},
             ConditionExpression="attribute_not_exists(productId) OR version < :version",
             ExpressionAttributeValues={":version": _serializer.serialize(item["version"])},
         )
         return True
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+    except AwsRejected as exc:
+        if exc.code in CONDITION_FAILED:
             return False
-        raise _translate("PutItem", exc) from None
-    except BotoCoreError as exc:
-        raise _translate("PutItem", exc) from None
+        raise
 
 
 def association_replace(*, table_name: str, item: dict[str, Any]) -> None:

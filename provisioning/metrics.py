@@ -21,6 +21,11 @@ AWS_CALL_SECONDS = Histogram(
     "cvm_aws_call_duration_seconds", "AWS API call latency (retries included)", ["operation"], buckets=LATENCY_BUCKETS
 )
 AWS_THROTTLES = Counter("cvm_aws_throttles_total", "AWS calls that ended throttled after retries", ["operation"])
+AWS_ERRORS = Counter(
+    "cvm_aws_errors_total",
+    "AWS calls that failed, by operation, error code and kind (transient, or configuration: needs a person)",
+    ["operation", "code", "kind"],
+)
 AWS_QUOTA_REFUSALS = Counter(
     "cvm_aws_quota_refusals_total", "Calls the quota governor refused (answered 503)", ["operation"]
 )

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from django.db import models
 
+from .validators import validate_product_name
+
 
 class Product(models.Model):
     """A device model line; every device belongs to one and the name goes into the thing attributes."""
 
-    name = models.CharField(max_length=64, unique=True)
+    # Becomes the thing attribute `product`: AWS IoT's attribute value rule applies (validators.py).
+    name = models.CharField(max_length=64, unique=True, validators=[validate_product_name])
     description = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

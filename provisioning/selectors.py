@@ -96,10 +96,11 @@ class RefusalWindow:
 
 
 def refusals_in_window(
-    *, since: datetime, serial: str, client_address: str | None
+    *, since: datetime, serial: str, client_address: str | None, serial_since: datetime | None = None
 ) -> tuple[RefusalWindow, RefusalWindow]:
-    """Token refusals since `since` for the serial and for the address, in one query."""
-    for_serial = Q(serial=serial)
+    """Token refusals for the serial (since `serial_since`, default `since`) and for the address (since
+    `since`), in one query."""
+    for_serial = Q(serial=serial, created_at__gte=serial_since or since)
     for_address = Q(client_address=client_address) if client_address else Q(pk__in=[])
     result = AuditEvent.objects.filter(
         for_serial | for_address, kind=AuditKind.VEND_REFUSED, created_at__gte=since

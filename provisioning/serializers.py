@@ -8,7 +8,41 @@ from django.conf import settings
 from rest_framework import serializers
 
 from .crypto import MAX_CSR_BYTES, CsrInvalid, csr_validate
-from .validators import SERIAL_PATTERN, SERIAL_RE
+from .validators import SERIAL_MESSAGE, SERIAL_PATTERN, SERIAL_RE
+
+NOT_A_STRING = "must be a JSON string"
+
+
+class JsonStringMixin:
+    """Refuse every JSON type but a string: DRF's CharField turns 123456 into "123456" (and 42 would
+    then miss device "0042" and count as a failed token). A device that sends a number has a bug the
+    400 should name, not a guess the portal makes for it."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            raise serializers.ValidationError(NOT_A_STRING, code="invalid")
+        return super().to_internal_value(data)  # type: ignore[misc]
+
+
+class StringField(JsonStringMixin, serializers.CharField):
+    """A CharField that takes only JSON strings."""
+
+
+class SerialField(JsonStringMixin, serializers.RegexField):
+    """The one serial field of every JSON input: a JSON string matching the serial rule (SPEC §3)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", 64)
+        kwargs.setdefault("trim_whitespace", False)
+        kwargs.setdefault("error_messages", {"invalid": SERIAL_MESSAGE})
+        super().__init__(SERIAL_PATTERN, **kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        value = super().to_internal_value(data)
+        # The schema's pattern uses `$`, which Python lets match before a trailing newline; \Z does not.
+        if not SERIAL_RE.match(value):
+            self.fail("invalid")
+        return value
 
 
 class StrictSerializer(serializers.Serializer):
@@ -22,25 +56,15 @@ class StrictSerializer(serializers.Serializer):
 
 
 class VendInputSerializer(StrictSerializer):
-    serial = serializers.RegexField(
-        SERIAL_PATTERN,
-        max_length=64,
-        trim_whitespace=False,
-        error_messages={"invalid": "serial must be 1-64 characters: letters, digits, ':', '_' or '-'"},
-    )
-    token = serializers.CharField(max_length=128, trim_whitespace=False)
-    csr = serializers.CharField(
+    serial = SerialField()
+    token = StringField(max_length=128, trim_whitespace=False)
+    csr = StringField(
         required=False,
         max_length=MAX_CSR_BYTES,
         trim_whitespace=False,
-        help_text="PEM PKCS#10 request; RSA 2048-4096 or EC P-256/P-384, subject CN equal to the serial",
+        help_text="PEM PKCS#10 request (label CERTIFICATE REQUEST or NEW CERTIFICATE REQUEST); RSA 2048-8192 "
+        "bits or EC P-256/P-384/P-521, signed with SHA-256/384/512, subject CN equal to the serial",
     )
-
-    def validate_serial(self, value: str) -> str:
-        # The schema's pattern uses `$`, which Python lets match before a trailing newline; \Z does not.
-        if not SERIAL_RE.match(value):
-            raise serializers.ValidationError(self.fields["serial"].error_messages["invalid"])
-        return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)
@@ -79,15 +103,5 @@ class HealthSerializer(serializers.Serializer):
 class LegacyInputSerializer(serializers.Serializer):
     """The reference CVM's two fields, under the same serial rule as the portal's own API."""
 
-    serialNumber = serializers.RegexField(
-        SERIAL_PATTERN,
-        max_length=64,
-        trim_whitespace=False,
-        error_messages={"invalid": "serial must be 1-64 characters: letters, digits, ':', '_' or '-'"},
-    )
-    deviceToken = serializers.CharField(max_length=256, trim_whitespace=False)
-
-    def validate_serialNumber(self, value: str) -> str:
-        if not SERIAL_RE.match(value):
-            raise serializers.ValidationError(self.fields["serialNumber"].error_messages["invalid"])
-        return value
+    serialNumber = SerialField()
+    deviceToken = StringField(max_length=256, trim_whitespace=False)

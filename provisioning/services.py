@@ -13,6 +13,7 @@ import io
 import logging
 import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -49,7 +50,14 @@ from .selectors import (
     device_get,
     refusals_in_window,
 )
-from .validators import SERIAL_RE
+from .validators import (
+    PRODUCT_NAME_MESSAGE,
+    PRODUCT_NAME_RE,
+    SERIAL_RE,
+    InputInvalid,
+    product_name_check,
+    token_ttl_check,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +147,6 @@ class ImportInvalid(ServiceError):
         self.errors = errors
 
 
-MAX_PRODUCT_LENGTH = 64
-
-
 def serials_parse_csv(text: str, *, default_product: str | None = None) -> list[ImportRow]:
     """Parse `serial[,product]` CSV; raise ImportInvalid listing every bad line, or return all rows."""
     reader = csv.reader(io.StringIO(text))
@@ -170,8 +175,8 @@ def serials_parse_csv(text: str, *, default_product: str | None = None) -> list[
                 errors.append(f"line {line}: {serial[:70]!r} is not a valid serial")
             elif serial in seen:
                 errors.append(f"line {line}: serial {serial} repeats line {seen[serial]}")
-            elif len(product) > MAX_PRODUCT_LENGTH:
-                errors.append(f"line {line}: product name longer than {MAX_PRODUCT_LENGTH} characters")
+            elif not PRODUCT_NAME_RE.match(product):
+                errors.append(f"line {line}: {product[:70]!r}: {PRODUCT_NAME_MESSAGE}")
             else:
                 seen[serial] = line
                 rows.append(ImportRow(line=line, serial=serial, product=product))
@@ -247,6 +252,10 @@ def device_register(*, serial: str, product_name: str, actor: str) -> Device:
     """Register one serial (the admin's "add device")."""
     if not SERIAL_RE.match(serial):
         raise ServiceError(f"{serial[:70]!r} is not a valid serial")
+    try:
+        product_name_check(product_name or DEFAULT_PRODUCT)
+    except InputInvalid as exc:
+        raise ServiceError(str(exc)) from None
     if Device.objects.filter(serial=serial).exists():
         raise ServiceError(f"serial {serial} is already registered")
     devices_import(rows=[ImportRow(line=1, serial=serial, product=product_name or DEFAULT_PRODUCT)], actor=actor)
@@ -258,14 +267,23 @@ def device_register(*, serial: str, product_name: str, actor: str) -> Device:
 TOKEN_ISSUABLE = (DeviceState.REGISTERED, DeviceState.TOKEN_ISSUED)
 
 
+def token_ttl(ttl_days: int | None) -> int:
+    """The lifetime to give a token: `ttl_days`, or CVM_TOKEN_TTL_DAYS; 1 to 3650 days, else ServiceError.
+
+    The one lifetime rule of every path (commands, admin, API), checked before anything changes.
+    """
+    try:
+        return token_ttl_check(settings.CVM_TOKEN_TTL_DAYS if ttl_days is None else ttl_days)
+    except InputInvalid as exc:
+        raise ServiceError(str(exc)) from None
+
+
 def tokens_issue(*, serials: list[str], actor: str, ttl_days: int | None = None) -> list[IssuedToken]:
     """Give each device a new token (replacing an unused one); all or none.
 
     A device that is active or revoked needs `device_reset`, and one being served now cannot change.
     """
-    ttl = ttl_days if ttl_days is not None else settings.CVM_TOKEN_TTL_DAYS
-    if ttl < 1:
-        raise ServiceError("the token lifetime must be at least one day")
+    ttl = token_ttl(ttl_days)
     if not serials:
         raise ServiceError("no devices to issue tokens for")
     now = timezone.now()
@@ -318,7 +336,17 @@ def _raise_why_tokens_failed(serials: list[str]) -> None:
     if len(set(serials)) != len(serials):
         raise ServiceError("a serial is listed twice")
     blocked = next(serial for serial in serials if states[serial] not in TOKEN_ISSUABLE)
-    raise ServiceError(f"device {blocked} is {states[blocked]}; use reset to give it a new token")
+    raise ServiceError(token_refusal_advice(blocked, states[blocked]))
+
+
+def token_refusal_advice(serial: str, state: str) -> str:
+    """Why a device cannot be given a token now, and what does work."""
+    if state == DeviceState.ISSUING:
+        return (
+            f"device {serial} is being issued a certificate right now; wait for it to finish "
+            f"(at most {settings.CVM_CLAIM_TIMEOUT_SECONDS} s), then reset it if it needs a new token"
+        )
+    return f"device {serial} is {state}; use reset to give it a new token"
 
 
 def registered_serials() -> list[str]:
@@ -341,8 +369,19 @@ def _refuse(serial: str, reason: str, client_address: str | None) -> VendRefused
     return VendRefused(reason)
 
 
-def _check_failure_limits(serial: str, client_address: str | None, now: datetime) -> None:
-    by_serial, by_address = refusals_in_window(since=now - FAILURE_WINDOW, serial=serial, client_address=client_address)
+def _check_failure_limits(serial: str, client_address: str | None, now: datetime, device: Device | None) -> None:
+    """429 when the serial or the address has failed too often within the last hour.
+
+    A serial's failures count only since its current token was issued: a device that looped on an
+    expired token must not lock out the fresh one staff just gave it.
+    """
+    window_start = now - FAILURE_WINDOW
+    serial_since = window_start
+    if device is not None and device.token_issued_at is not None:
+        serial_since = max(window_start, device.token_issued_at)
+    by_serial, by_address = refusals_in_window(
+        since=window_start, serial_since=serial_since, serial=serial, client_address=client_address
+    )
     for scope, window, limit in (
         ("serial", by_serial, settings.CVM_FAILED_TOKENS_PER_SERIAL),
         ("address", by_address, settings.CVM_FAILED_TOKENS_PER_ADDRESS),
@@ -380,8 +419,8 @@ def _refusal_reason(device: Device, token: str, now: datetime) -> str | None:
 def certificate_vend(*, serial: str, token: str, csr: ValidatedCsr | None, client_address: str | None) -> VendResult:
     """Trade a serial and its one-time token for an ACTIVE certificate attached to the device's thing."""
     now = timezone.now()
-    _check_failure_limits(serial, client_address, now)
     device = device_get(serial=serial)
+    _check_failure_limits(serial, client_address, now, device)
     if device is None:
         token_matches(token, "")  # same work as for a known serial, so timing reveals nothing
         raise _refuse(serial, "unknown_serial", client_address)
@@ -397,7 +436,7 @@ def certificate_vend(*, serial: str, token: str, csr: ValidatedCsr | None, clien
     if reason is not None:
         raise _refuse(serial, reason, client_address)
     if device.state == DeviceState.ISSUING:
-        _busy(serial, client_address)
+        _busy(device, client_address, now)
 
     claim_id = uuid.uuid4()
     with transaction.atomic():
@@ -425,16 +464,31 @@ def certificate_vend(*, serial: str, token: str, csr: ValidatedCsr | None, clien
         # Another request got there first: it is either still talking to AWS or has finished.
         current = device_get(serial=serial)
         if current is not None and current.state == DeviceState.ISSUING:
-            _busy(serial, client_address)
+            _busy(current, client_address, now)
         raise _refuse(serial, "token_used", client_address)
 
     return _issue_claimed(device=device, claim_id=claim_id, csr=csr, client_address=client_address)
 
 
-def _busy(serial: str, client_address: str | None) -> None:
+def claim_retry_after(device: Device, now: datetime) -> int:
+    """Seconds until the device's claim is either released or old enough to be recovered.
+
+    A live issuance ends in well under that time, and its token is then spent (or, with a CSR, its
+    answer can be fetched again); a claim left by a dead process can be taken over only once stale, so
+    advising an earlier retry would only earn another 409.
+    """
+    if device.claimed_at is None:
+        return BUSY_RETRY_AFTER
+    stale_at = device.claimed_at + timedelta(seconds=settings.CVM_CLAIM_TIMEOUT_SECONDS)
+    return max(BUSY_RETRY_AFTER, math.ceil((stale_at - now).total_seconds()))
+
+
+def _busy(device: Device, client_address: str | None, now: datetime) -> None:
     with transaction.atomic():
-        audit_append(kind=AuditKind.VEND_BUSY, actor=DEVICE_ACTOR, serial=serial, client_address=client_address)
-    raise VendRetryLater(409, BUSY_RETRY_AFTER, "a request for this device is being served; retry shortly")
+        audit_append(kind=AuditKind.VEND_BUSY, actor=DEVICE_ACTOR, serial=device.serial, client_address=client_address)
+    raise VendRetryLater(
+        409, claim_retry_after(device, now), "a request for this device is being served; retry after Retry-After"
+    )
 
 
 def _release_claim(
@@ -466,14 +520,14 @@ def _issue_claimed(
     key_origin = KeyOrigin.CSR if csr else KeyOrigin.AWS
     thing_name = thing_name_for(device.serial)
     policy_name = settings.CVM_IOT_POLICY_NAME
+    known = frozenset(Certificate.objects.filter(device=device).values_list("certificate_id", flat=True))
     try:
-        if device.aws_cleanup_pending:
-            _discard_unknown_certificates(device)
         new = aws.certificate_provision(
             thing_name=thing_name,
             attributes={"serial": device.serial, "product": device.product.name},
             csr_pem=csr.pem if csr else None,
             policy_name=policy_name,
+            known_certificate_ids=known,
         )
     except aws.AwsError as exc:
         _release_claim(
@@ -484,6 +538,7 @@ def _issue_claimed(
             reason="aws_error",
             operation=exc.operation,
             code=exc.code,
+            error_kind=exc.kind,
             key_origin=key_origin,
         )
         raise VendRetryLater(503, exc.retry_after, "AWS IoT is unavailable; nothing was issued, retry later") from None
@@ -580,6 +635,8 @@ def _record_issued_once(
             certificate_id=new.certificate_id,
             fingerprint_sha256=certificate.fingerprint_sha256,
             key_origin=key_origin,
+            **({"strays_revoked": list(new.strays_revoked)} if new.strays_revoked else {}),
+            **({"strays_discarded": list(new.strays_discarded)} if new.strays_discarded else {}),
         )
     return True
 
@@ -666,8 +723,7 @@ def device_revoke(*, serial: str, reason: str, actor: str) -> Device:
     device = device_get(serial=serial)
     if device is None:
         raise ServiceError(f"unknown serial {serial}")
-    if device.state != DeviceState.ACTIVE or device.current_certificate is None:
-        raise ServiceError(f"device {serial} is {device.state}; only an active device can be revoked")
+    revoke_check(device)
     certificate = device.current_certificate
     # AWS first: once this returns the certificate no longer works, whatever happens next. Repeating it
     # after a failure is harmless, so a retry of the whole revoke is always safe.
@@ -683,7 +739,7 @@ def device_revoke(*, serial: str, reason: str, actor: str) -> Device:
             state=DeviceState.REVOKED, version=F("version") + 1
         )
         if not updated:
-            raise ServiceError(f"device {serial} changed while it was being revoked; try again")
+            raise ServiceError(f"device {serial} changed while it was being revoked; look at it again before retrying")
         Certificate.objects.filter(pk=certificate.pk).update(
             status=CertificateStatus.REVOKED, revoked_at=now, revoked_by=actor, revoked_reason=reason[:255]
         )
@@ -698,14 +754,15 @@ def device_revoke(*, serial: str, reason: str, actor: str) -> Device:
 
 def device_reset(*, serial: str, actor: str, reason: str = "reset", ttl_days: int | None = None) -> IssuedToken:
     """Revoke the current certificate if there is one, then give the device a new token."""
+    ttl = token_ttl(ttl_days)  # before anything changes: a bad lifetime must not leave a revoked device
     device = device_get(serial=serial)
     if device is None:
         raise ServiceError(f"unknown serial {serial}")
+    reset_check(device)
     if device.state == DeviceState.ACTIVE:
         device = device_revoke(serial=serial, reason=f"reset: {reason}", actor=actor)
     if device.state != DeviceState.REVOKED:
-        raise ServiceError(f"device {serial} is {device.state}; reset applies to active or revoked devices")
-    ttl = ttl_days if ttl_days is not None else settings.CVM_TOKEN_TTL_DAYS
+        raise ServiceError(reset_refusal_advice(serial, device.state))
     token = token_generate()
     now = timezone.now()
     expires_at = now + timedelta(days=ttl)
@@ -719,11 +776,65 @@ def device_reset(*, serial: str, actor: str, reason: str = "reset", ttl_days: in
             version=F("version") + 1,
         )
         if not updated:
-            raise ServiceError(f"device {serial} changed while it was being reset; try again")
+            raise ServiceError(f"device {serial} changed while it was being reset; look at it again before retrying")
         record_device_change(
             device.pk, kind=AuditKind.DEVICE_RESET, actor=actor, reason=reason[:255], expires_at=expires_at
         )
     return IssuedToken(serial=serial, token=token, expires_at=expires_at)
+
+
+RESETTABLE = (DeviceState.ACTIVE, DeviceState.REVOKED)
+REVOCABLE = (DeviceState.ACTIVE,)
+
+
+def reset_refusal_advice(serial: str, state: str) -> str:
+    if state == DeviceState.ISSUING:
+        return (
+            f"device {serial} is being issued a certificate right now; wait for it to finish "
+            f"(at most {settings.CVM_CLAIM_TIMEOUT_SECONDS} s), then reset it"
+        )
+    return (
+        f"device {serial} is {state}; reset applies to active or revoked devices "
+        "(issue_tokens gives a device without a certificate a new token)"
+    )
+
+
+def revoke_refusal_advice(serial: str, state: str) -> str:
+    if state == DeviceState.ISSUING:
+        return (
+            f"device {serial} is being issued a certificate right now; wait for it to finish "
+            f"(at most {settings.CVM_CLAIM_TIMEOUT_SECONDS} s), then revoke it"
+        )
+    return f"device {serial} is {state}; only an active device can be revoked"
+
+
+def reset_check(device: Device) -> None:
+    if device.state not in RESETTABLE:
+        raise ServiceError(reset_refusal_advice(device.serial, device.state))
+
+
+def revoke_check(device: Device) -> None:
+    if device.state not in REVOCABLE or device.current_certificate_id is None:
+        raise ServiceError(revoke_refusal_advice(device.serial, device.state))
+
+
+def devices_check(*, serials: list[str], check: Callable[[Device], None]) -> list[str]:
+    """Check every serial before a command changes any: all known, each in a state the action allows.
+
+    Returns the serials without repeats, in the order given; raises ServiceError naming the first bad one.
+    """
+    serials = list(dict.fromkeys(serials))
+    if not serials:
+        raise ServiceError("no serials given")
+    for serial in serials:
+        if not SERIAL_RE.match(serial):
+            raise ServiceError(f"{serial[:70]!r} is not a valid serial")
+    devices = {d.serial: d for d in Device.objects.filter(serial__in=serials)}
+    for serial in serials:
+        if serial not in devices:
+            raise ServiceError(f"unknown serial {serial}")
+        check(devices[serial])
+    return serials
 
 
 @dataclass(frozen=True)
@@ -750,6 +861,7 @@ def devices_revoke(*, serials: list[str], reason: str, actor: str) -> BatchOutco
 
 
 def devices_reset(*, serials: list[str], reason: str, actor: str, ttl_days: int | None = None) -> BatchOutcome:
+    token_ttl(ttl_days)  # a bad lifetime refuses the whole batch before any device is touched
     outcome = BatchOutcome()
     for serial in serials:
         try:
@@ -792,7 +904,7 @@ def legacy_table_import(
     certificate is recorded `active` with it (or `revoked`, if AWS IoT no longer holds it ACTIVE): its
     token has been spent. Serials already known are left alone, so a second run changes nothing.
     """
-    ttl = ttl_days if ttl_days is not None else settings.CVM_TOKEN_TTL_DAYS
+    ttl = token_ttl(ttl_days)
     report = LegacyImportReport()
     plan: list[_LegacyDevice] = []
     items = sorted(aws.table_scan(table_name=table_name), key=lambda item: str(item.get("serialNumber", "")))

@@ -154,14 +154,14 @@ def test_weak_rsa_csr_is_refused(api, db, rsa_1024_key):
     csr_pem, _ = make_csr("SN-1", key=rsa_1024_key)
     response = vend(api, "SN-1", "t", csr=csr_pem)
     assert response.status_code == 400
-    assert response.json() == {"csr": ["RSA key must be 2048 to 4096 bits"]}
+    assert response.json() == {"csr": ["RSA key must be 2048 to 8192 bits, not 1024"]}
 
 
 def test_csr_on_an_unsupported_curve_is_refused(api, db):
-    csr_pem, _ = make_csr("SN-1", key=ec.generate_private_key(ec.SECP521R1()))
+    csr_pem, _ = make_csr("SN-1", key=ec.generate_private_key(ec.SECP256K1()))
     response = vend(api, "SN-1", "t", csr=csr_pem)
     assert response.status_code == 400
-    assert response.json() == {"csr": ["EC key must be on P-256 or P-384"]}
+    assert response.json() == {"csr": ["EC key must be on P-256, P-384 or P-521, not secp256k1"]}
 
 
 def test_csr_with_a_broken_signature_is_refused(api, db):

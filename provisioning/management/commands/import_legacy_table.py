@@ -3,7 +3,7 @@ from django.core.management.base import CommandError
 
 from provisioning.services import legacy_table_import
 
-from ._base import PortalCommand
+from ._base import PortalCommand, add_ttl_days, product_arg
 
 
 class Command(PortalCommand):
@@ -14,13 +14,11 @@ class Command(PortalCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--table", required=True, help="the reference CVM's DynamoDB table")
-        parser.add_argument("--product", default="legacy", help="product for the imported devices")
-        parser.add_argument("--ttl-days", type=int, help="lifetime of imported tokens (default CVM_TOKEN_TTL_DAYS)")
+        parser.add_argument("--product", type=product_arg, default="legacy", help="product for the imported devices")
+        add_ttl_days(parser)
         parser.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
 
     def handle(self, *args, table, product, ttl_days, dry_run, **options):
-        if ttl_days is not None and ttl_days < 1:
-            raise CommandError("--ttl-days must be 1 or more")
         if table == settings.CVM_DYNAMODB_TABLE:
             raise CommandError("that is the portal's own association table, not a reference CVM table")
         report = legacy_table_import(

@@ -2,7 +2,7 @@ from django.core.management.base import CommandError
 
 from provisioning.services import ImportInvalid, devices_import, serials_parse_csv
 
-from ._base import PortalCommand
+from ._base import PortalCommand, product_arg
 
 
 class Command(PortalCommand):
@@ -10,7 +10,7 @@ class Command(PortalCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("file", help="CSV file, header serial or serial,product")
-        parser.add_argument("--product", help="product for rows that name none (default: 'default')")
+        parser.add_argument("--product", type=product_arg, help="product for rows that name none (default: 'default')")
 
     def handle(self, *args, file, product, **options):
         try:

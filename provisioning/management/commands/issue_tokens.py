@@ -5,7 +5,7 @@ from django.core.management.base import CommandError
 from provisioning.services import registered_serials, tokens_issue
 from provisioning.tokenfiles import token_file_write
 
-from ._base import PortalCommand
+from ._base import PortalCommand, add_ttl_days
 
 
 class Command(PortalCommand):
@@ -13,14 +13,19 @@ class Command(PortalCommand):
 
     def add_arguments(self, parser):
         group = parser.add_mutually_exclusive_group(required=True)
-        group.add_argument("--serial", nargs="+", dest="serials", metavar="S", help="serials to issue tokens for")
+        group.add_argument(
+            "--serial",
+            nargs="+",
+            action="extend",
+            dest="serials",
+            metavar="S",
+            help="serials to issue tokens for: --serial A B, or --serial A --serial B",
+        )
         group.add_argument("--all-registered", action="store_true", help="every device that has no token yet")
         parser.add_argument("--out", required=True, help="file to create (never overwritten)")
-        parser.add_argument("--ttl-days", type=int, help="token lifetime in days (default CVM_TOKEN_TTL_DAYS)")
+        add_ttl_days(parser)
 
     def handle(self, *args, serials, all_registered, out, ttl_days, **options):
-        if ttl_days is not None and ttl_days < 1:
-            raise CommandError("--ttl-days must be 1 or more")
         serials = registered_serials() if all_registered else list(dict.fromkeys(serials))
         if not serials:
             raise CommandError("no registered devices without a token")

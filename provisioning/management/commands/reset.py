@@ -1,27 +1,40 @@
 import os
 
-from provisioning.services import device_reset
+from django.core.management.base import CommandError
+
+from provisioning.services import devices_check, devices_reset, reset_check
 from provisioning.tokenfiles import token_file_write
 
-from ._base import PortalCommand
+from ._base import PortalCommand, add_ttl_days
 
 
 class Command(PortalCommand):
-    help = "Revoke the device's certificate if it has one and write a new token into a new 0600 file."
+    help = "Revoke devices' certificates if they have one and write new tokens into a new 0600 file."
 
     def add_arguments(self, parser):
-        parser.add_argument("serial")
+        parser.add_argument("serials", nargs="+", metavar="SERIAL", help="one or more serials")
         parser.add_argument("--out", required=True, help="file to create (never overwritten)")
         parser.add_argument("--reason", default="reset", help="why, for the audit log")
-        parser.add_argument("--ttl-days", type=int, help="token lifetime in days (default CVM_TOKEN_TTL_DAYS)")
+        add_ttl_days(parser)
 
-    def handle(self, *args, serial, out, reason, ttl_days, **options):
+    def handle(self, *args, serials, out, reason, ttl_days, **options):
+        # Every serial is checked before any is revoked: a typo in the tenth must not leave nine done.
+        serials = devices_check(serials=serials, check=reset_check)
         fd = self.open_token_file(out)
         try:
-            issued = device_reset(serial=serial, actor=self.actor(), reason=reason, ttl_days=ttl_days)
+            outcome = devices_reset(serials=serials, actor=self.actor(), reason=reason, ttl_days=ttl_days)
         except BaseException:
             os.close(fd)
             os.unlink(out)
             raise
-        token_file_write(fd, [issued])
-        self.stdout.write(f"reset {serial}; new token in {out}")
+        # The tokens of the devices that were reset are written even when others failed: they exist now.
+        token_file_write(fd, outcome.tokens)
+        for serial in outcome.succeeded:
+            self.stdout.write(f"reset {serial}")
+        for serial, why in outcome.failed.items():
+            self.stderr.write(f"not reset: {serial}: {why}")
+        if outcome.failed:
+            raise CommandError(
+                f"{len(outcome.failed)} of {len(serials)} device(s) not reset; their tokens are not in {out}"
+            )
+        self.stdout.write(f"reset {len(outcome.succeeded)} device(s); new token(s) in {out}")

@@ -1,15 +1,29 @@
-from provisioning.services import device_revoke
+from django.core.management.base import CommandError
+
+from provisioning.services import devices_check, devices_revoke, revoke_check
 
 from ._base import PortalCommand
 
 
 class Command(PortalCommand):
-    help = "Revoke a device's certificate in AWS IoT (REVOKED, detached) and in the database."
+    help = "Revoke devices' certificates in AWS IoT (REVOKED, detached) and in the database."
 
     def add_arguments(self, parser):
-        parser.add_argument("serial")
+        parser.add_argument("serials", nargs="+", metavar="SERIAL", help="one or more serials")
         parser.add_argument("--reason", required=True, help="why, for the audit log")
 
-    def handle(self, *args, serial, reason, **options):
-        device = device_revoke(serial=serial, reason=reason, actor=self.actor())
-        self.stdout.write(f"revoked {device.serial} (certificate {device.current_certificate})")
+    def handle(self, *args, serials, reason, **options):
+        if not reason.strip():
+            raise CommandError("--reason must not be empty")
+        # Every serial is checked before any is revoked: a typo in the tenth must not leave nine done.
+        serials = devices_check(serials=serials, check=revoke_check)
+        outcome = devices_revoke(serials=serials, reason=reason, actor=self.actor())
+        for serial in outcome.succeeded:
+            self.stdout.write(f"revoked {serial}")
+        for serial, why in outcome.failed.items():
+            self.stderr.write(f"not revoked: {serial}: {why}")
+        if outcome.failed:
+            raise CommandError(
+                f"{len(outcome.failed)} of {len(serials)} device(s) not revoked; run the command again for them"
+            )
+        self.stdout.write(f"revoked {len(outcome.succeeded)} device(s)")

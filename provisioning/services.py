@@ -856,8 +856,18 @@ def devices_revoke(*, serials: list[str], reason: str, actor: str) -> BatchOutco
         except ServiceError as exc:
             outcome.failed[serial] = str(exc)
         except aws.AwsError as exc:
-            outcome.failed[serial] = f"AWS IoT did not answer ({exc.code}); nothing changed, try again"
+            outcome.failed[serial] = aws_failure_advice(exc)
     return outcome
+
+
+def aws_failure_advice(exc: aws.AwsError) -> str:
+    """What staff should do about an AWS failure: wait and retry, or fix the configuration first."""
+    if isinstance(exc, aws.AwsRejected):
+        return (
+            f"AWS IoT refused {exc.operation} ({exc.code}): check the portal's AWS configuration and "
+            "permissions; retrying will not help until that is fixed"
+        )
+    return f"AWS IoT did not answer {exc.operation} ({exc.code}); try again in a minute"
 
 
 def devices_reset(*, serials: list[str], reason: str, actor: str, ttl_days: int | None = None) -> BatchOutcome:
@@ -870,7 +880,7 @@ def devices_reset(*, serials: list[str], reason: str, actor: str, ttl_days: int 
         except ServiceError as exc:
             outcome.failed[serial] = str(exc)
         except aws.AwsError as exc:
-            outcome.failed[serial] = f"AWS IoT did not answer ({exc.code}); nothing changed, try again"
+            outcome.failed[serial] = aws_failure_advice(exc)
     return outcome
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from provisioning.aws import AwsError
-from provisioning.services import ServiceError
+from provisioning.services import ServiceError, aws_failure_advice
 from provisioning.tokenfiles import token_file_open
 from provisioning.validators import InputInvalid, product_name_check, token_ttl_check
 
@@ -61,7 +61,9 @@ class PortalCommand(BaseCommand):
     def execute(self, *args, **options):
         try:
             return super().execute(*args, **options)
-        except (ServiceError, AwsError, InputInvalid) as exc:
+        except AwsError as exc:
+            raise CommandError(aws_failure_advice(exc)) from None
+        except (ServiceError, InputInvalid) as exc:
             raise CommandError(str(exc).splitlines()[0]) from None
 
     @staticmethod

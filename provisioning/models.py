@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.db import models
 
 from .validators import validate_product_name
@@ -28,6 +30,56 @@ class DeviceState(models.TextChoices):
     ISSUING = "issuing", "issuing"
     ACTIVE = "active", "active"
     REVOKED = "revoked", "revoked"
+
+
+class DeviceAction(models.TextChoices):
+    """What can happen to a device; LIFECYCLE says from which states and into which."""
+
+    ISSUE_TOKEN = "issue_token", "issue a token"
+    VEND = "vend", "claim for an issuance"
+    ISSUE = "issue", "record the issued certificate"
+    RELEASE = "release", "release a failed issuance"
+    RECOVER = "recover", "recover a dead issuance"
+    REVOKE = "revoke", "revoke"
+    RESET = "reset", "reset"
+
+
+@dataclass(frozen=True)
+class Transition:
+    """An action's source states and the state it leads to.
+
+    `via`: an action the service performs first when the device is in one of that action's sources
+    (reset revokes an active device, then resets it), so a person may ask for it from those states too.
+    """
+
+    sources: tuple[str, ...]
+    target: str
+    via: str | None = None
+
+
+# The device lifecycle (SPEC §4), declared once: services guard their conditional UPDATEs with it
+# (services/common.py, device_transition), and the admin, its templates and reconcile ask it what a
+# device in a given state allows.
+LIFECYCLE: dict[str, Transition] = {
+    DeviceAction.ISSUE_TOKEN: Transition((DeviceState.REGISTERED, DeviceState.TOKEN_ISSUED), DeviceState.TOKEN_ISSUED),
+    DeviceAction.VEND: Transition((DeviceState.TOKEN_ISSUED,), DeviceState.ISSUING),
+    DeviceAction.ISSUE: Transition((DeviceState.ISSUING,), DeviceState.ACTIVE),
+    DeviceAction.RELEASE: Transition((DeviceState.ISSUING,), DeviceState.TOKEN_ISSUED),
+    DeviceAction.RECOVER: Transition((DeviceState.ISSUING,), DeviceState.TOKEN_ISSUED),
+    DeviceAction.REVOKE: Transition((DeviceState.ACTIVE,), DeviceState.REVOKED),
+    DeviceAction.RESET: Transition((DeviceState.REVOKED,), DeviceState.TOKEN_ISSUED, via=DeviceAction.REVOKE),
+}
+
+
+def allowed_states(action: str) -> tuple[str, ...]:
+    """The states from which a person may ask for `action` (including those it reaches `via` another)."""
+    transition = LIFECYCLE[action]
+    extra = allowed_states(transition.via) if transition.via else ()
+    return tuple(dict.fromkeys((*extra, *transition.sources)))
+
+
+def action_allowed(action: str, state: str) -> bool:
+    return state in allowed_states(action)
 
 
 class Device(models.Model):
@@ -71,6 +123,15 @@ class Device(models.Model):
 
     def __str__(self) -> str:
         return self.serial
+
+    def allows(self, action: str) -> bool:
+        """Whether the device's state allows `action` (templates: `device.allows.revoke` is not
+        expressible, so the admin passes `allowed_actions`)."""
+        return action_allowed(action, self.state)
+
+    @property
+    def allowed_actions(self) -> frozenset[str]:
+        return frozenset(action for action in LIFECYCLE if action_allowed(action, self.state))
 
 
 class KeyOrigin(models.TextChoices):
@@ -226,14 +287,19 @@ class DynamoOutbox(models.Model):
 
 
 __all__ = [
+    "LIFECYCLE",
     "AuditChainHead",
     "AuditEvent",
     "AuditKind",
     "Certificate",
     "CertificateStatus",
     "Device",
+    "DeviceAction",
     "DeviceState",
     "DynamoOutbox",
     "KeyOrigin",
     "Product",
+    "Transition",
+    "action_allowed",
+    "allowed_states",
 ]

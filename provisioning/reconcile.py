@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from . import aws
 from .audit import audit_append
-from .models import AuditKind, Certificate, CertificateStatus, Device, DeviceState
+from .models import AuditKind, Certificate, CertificateStatus, Device, DeviceAction, DeviceState
 from .selectors import device_association_item
-from .services import claim_is_stale, claim_recover, record_device_change, thing_name_for
+from .services import claim_is_stale, claim_recover, device_transition
 
 logger = logging.getLogger(__name__)
 
@@ -107,22 +106,20 @@ def _record_lost_certificate(device: Device, certificate: Certificate, why: str)
             policy_name=settings.CVM_IOT_POLICY_NAME,
         )
         with transaction.atomic():
-            updated = Device.objects.filter(
-                pk=device.pk, state=DeviceState.ACTIVE, current_certificate=certificate
-            ).update(state=DeviceState.REVOKED, version=F("version") + 1)
-            if updated:
+            revoked = device_transition(
+                device.pk,
+                action=DeviceAction.REVOKE,
+                where={"current_certificate": certificate},
+                kind=AuditKind.DEVICE_REVOKED,
+                actor="reconcile",
+                data={"reason": why, "certificate_id": certificate.certificate_id},
+            )
+            if revoked is not None:
                 Certificate.objects.filter(pk=certificate.pk).update(
                     status=CertificateStatus.REVOKED,
                     revoked_at=timezone.now(),
                     revoked_by="reconcile",
                     revoked_reason=why,
-                )
-                record_device_change(
-                    device.pk,
-                    kind=AuditKind.DEVICE_REVOKED,
-                    actor="reconcile",
-                    reason=why,
-                    certificate_id=certificate.certificate_id,
                 )
 
     return repair
@@ -130,7 +127,7 @@ def _record_lost_certificate(device: Device, certificate: Certificate, why: str)
 
 def _device_iot_differences(device: Device, policy_targets: set[str]) -> list[Difference]:
     serial = device.serial
-    thing_name = thing_name_for(serial)
+    thing_name = device.thing_name
     policy = settings.CVM_IOT_POLICY_NAME
     known = {c.certificate_id: c for c in Certificate.objects.filter(device=device)}
     current = device.current_certificate if device.state == DeviceState.ACTIVE else None
@@ -224,7 +221,7 @@ def _device_iot_differences(device: Device, policy_targets: set[str]) -> list[Di
 
 
 def _claim_differences(device: Device) -> list[Difference]:
-    if device.state != DeviceState.ISSUING or not claim_is_stale(device, timezone.now()):
+    if not device.allows(DeviceAction.RECOVER) or not claim_is_stale(device, timezone.now()):
         return []
     return [
         Difference(

@@ -122,6 +122,7 @@ def test_concurrent_appenders_never_fork_the_chain(transactional_db):
 def test_a_change_and_its_audit_event_commit_together_or_not_at_all(make_device, monkeypatch, failing):
     from provisioning import services
     from provisioning.models import Device, DeviceState, DynamoOutbox
+    from provisioning.services import common
 
     device = make_device("SN-ATOMIC", with_token=False)
     events_before = AuditEvent.objects.count()
@@ -131,9 +132,9 @@ def test_a_change_and_its_audit_event_commit_together_or_not_at_all(make_device,
         raise RuntimeError("disk full")
 
     if failing == "audit":
-        monkeypatch.setattr(services, "audit_append_many", broken)
+        monkeypatch.setattr(common, "audit_append_many", broken)
     else:
-        monkeypatch.setattr(services, "_outbox_insert", broken)
+        monkeypatch.setattr(common, "outbox_insert", broken)
 
     with pytest.raises(RuntimeError):
         services.tokens_issue(serials=[device.serial], actor="test")

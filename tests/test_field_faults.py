@@ -173,20 +173,20 @@ def _csr(serial: str, key, algorithm=None) -> str:
 def test_a_csr_labelled_new_certificate_request_is_accepted_and_sent_with_the_standard_label(
     api, aws_mock, make_device, monkeypatch
 ):
-    from provisioning import aws
+    from provisioning.aws import iot
 
     device = make_device()
     legacy = _csr(device.serial, ec.generate_private_key(ec.SECP256R1())).replace(
         "CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"
     )
     sent: list[str] = []
-    real_create = aws.certificate_create
+    real_create = iot.certificate_create
 
     def recording_create(*, csr_pem):
         sent.append(csr_pem)
         return real_create(csr_pem=csr_pem)
 
-    monkeypatch.setattr(aws, "certificate_create", recording_create)
+    monkeypatch.setattr(iot, "certificate_create", recording_create)
 
     response = vend(api, device.serial, device.token, csr=legacy)
 

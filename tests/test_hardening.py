@@ -136,7 +136,7 @@ def test_the_right_token_works_again_once_the_window_has_passed(api, aws_mock, m
     assert vend(api, device.serial, device.token).status_code == 429
 
     later = timezone.now() + timedelta(minutes=61)
-    monkeypatch.setattr(services.timezone, "now", lambda: later)
+    monkeypatch.setattr(timezone, "now", lambda: later)
 
     assert vend(api, device.serial, device.token).status_code == 201
 

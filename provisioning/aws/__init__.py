@@ -1,0 +1,117 @@
+"""The AWS boundary: the only package that imports boto3.
+
+`clients` builds the cached clients and holds the one wrapper every call goes through (quota governor,
+metrics, logs, error translation into `AwsUnavailable` / `AwsRejected`); `iot` and `dynamodb` expose a
+few functions that return dataclasses or plain values. Nothing outside this package sees a boto3 dict.
+
+`IAM_ACTIONS` is every action the portal calls, and nothing else: tests/test_aws_boundary.py records
+the operations sent while the portal does everything it does (vend with and without a CSR, revoke,
+reset, reconcile with repairs, the mirror, bootstrap, the legacy import) and fails if one is missing
+from this list or if the list names one never called. The IAM policy of the portal's role grants these.
+"""
+
+from __future__ import annotations
+
+from .clients import (
+    THROTTLE_RETRY_AFTER,
+    AwsError,
+    AwsRejected,
+    AwsUnavailable,
+    dynamodb_client,
+    iot_client,
+)
+from .clients import dynamodb_client as _dynamodb_client
+from .clients import iot_client as _iot_client
+from .dynamodb import association_delete, association_put, association_replace, table_ensure, table_scan
+from .iot import (
+    CertificateInfo,
+    NewCertificate,
+    certificate_activate,
+    certificate_create,
+    certificate_describe,
+    certificate_discard,
+    certificate_discard_quietly,
+    certificate_provision,
+    certificate_revoke,
+    device_policy_document,
+    iot_data_endpoint,
+    policy_attach,
+    policy_detach,
+    policy_ensure,
+    policy_targets,
+    thing_attach,
+    thing_certificates,
+    thing_ensure,
+)
+
+IAM_ACTIONS: frozenset[str] = frozenset(
+    {
+        # AWS IoT: issuance
+        "iot:DescribeEndpoint",
+        "iot:CreateThing",
+        "iot:UpdateThing",
+        "iot:CreateKeysAndCertificate",
+        "iot:CreateCertificateFromCsr",
+        "iot:AttachPolicy",
+        "iot:AttachThingPrincipal",
+        "iot:UpdateCertificate",
+        "iot:ListThingPrincipals",
+        "iot:DescribeCertificate",
+        # AWS IoT: revoke, compensation, reconcile
+        "iot:DetachThingPrincipal",
+        "iot:DetachPolicy",
+        "iot:DeleteCertificate",
+        "iot:ListTargetsForPolicy",
+        # AWS IoT: bootstrap_aws
+        "iot:GetPolicy",
+        "iot:CreatePolicy",
+        # DynamoDB: the association table (and the reference CVM's table for import_legacy_table)
+        "dynamodb:PutItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:Scan",
+        "dynamodb:DescribeTable",
+        "dynamodb:CreateTable",
+    }
+)
+
+
+def clients_reset() -> None:
+    """Forget cached clients and the endpoint (tests switch between moto and servers)."""
+    _iot_client.cache_clear()
+    _dynamodb_client.cache_clear()
+    iot_data_endpoint.cache_clear()
+
+
+__all__ = [
+    "IAM_ACTIONS",
+    "THROTTLE_RETRY_AFTER",
+    "AwsError",
+    "AwsRejected",
+    "AwsUnavailable",
+    "CertificateInfo",
+    "NewCertificate",
+    "association_delete",
+    "association_put",
+    "association_replace",
+    "certificate_activate",
+    "certificate_create",
+    "certificate_describe",
+    "certificate_discard",
+    "certificate_discard_quietly",
+    "certificate_provision",
+    "certificate_revoke",
+    "clients_reset",
+    "device_policy_document",
+    "dynamodb_client",
+    "iot_client",
+    "iot_data_endpoint",
+    "policy_attach",
+    "policy_detach",
+    "policy_ensure",
+    "policy_targets",
+    "table_ensure",
+    "table_scan",
+    "thing_attach",
+    "thing_certificates",
+    "thing_ensure",
+]

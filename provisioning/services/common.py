@@ -1,0 +1,155 @@
+"""What every service shares: its errors, its actors, and the one guarded transition of a device.
+
+Each change to a device is one short transaction that updates the row with a conditional UPDATE (the
+state the lifecycle allows the change from, plus whatever else must still hold), checks that exactly
+one row changed, bumps `version`, and appends its audit event and DynamoDB outbox entry. AWS is never
+called inside such a transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from .. import aws
+from ..audit import NewEvent, audit_append, audit_append_many
+from ..bulk import db_datetime, db_json, insert_rows
+from ..models import LIFECYCLE, Device, DynamoOutbox
+from ..selectors import association_items, device_association_item
+
+DEFAULT_PRODUCT = "default"
+SYSTEM_ACTOR = "system"
+DEVICE_ACTOR = "device"
+
+
+class ServiceError(Exception):
+    """A request a person made that cannot be carried out; the message is safe to show them."""
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    serial: str
+    token: str = field(repr=False)
+    expires_at: datetime
+
+
+def thing_name_for(serial: str) -> str:
+    """The thing name a serial gets when it is registered; afterwards `Device.thing_name` is the source."""
+    from django.conf import settings
+
+    return f"{settings.CVM_THING_NAME_PREFIX}{serial}"
+
+
+def record_device_change(
+    device_pk: int, *, kind: str, actor: str, client_address: str | None = None, **data: object
+) -> Device:
+    """Audit a device change and queue its DynamoDB item; call inside the change's transaction."""
+    device = Device.objects.select_related("product", "current_certificate").get(pk=device_pk)
+    audit_append(kind=kind, actor=actor, serial=device.serial, client_address=client_address, data=data)
+    DynamoOutbox.objects.create(serial=device.serial, version=device.version, item=device_association_item(device))
+    return device
+
+
+def device_transition(
+    device_pk: int,
+    *,
+    action: str,
+    kind: str,
+    actor: str,
+    client_address: str | None = None,
+    where: dict[str, Any] | None = None,
+    changes: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+) -> Device | None:
+    """Move one device along `action` of the lifecycle, or return None when it is no longer where it was.
+
+    The UPDATE is conditional on the action's source states and on `where` (a claim id, a token digest,
+    the current certificate …), so two requests can never both win it, on SQLite and PostgreSQL alike.
+    `changes` are the other columns it sets; `updated_at` and `version` always move. The audit event
+    (`kind`, `data`) and the outbox row are written in the same transaction. Returns the device as it is
+    now, read back with its product and current certificate.
+    """
+    transition = LIFECYCLE[action]
+    with transaction.atomic():
+        updated = Device.objects.filter(pk=device_pk, state__in=transition.sources, **(where or {})).update(
+            state=transition.target, version=F("version") + 1, updated_at=timezone.now(), **(changes or {})
+        )
+        if updated != 1:
+            return None
+        return record_device_change(device_pk, kind=kind, actor=actor, client_address=client_address, **(data or {}))
+
+
+def devices_transition_many(
+    *, action: str, rows: list[tuple[str, dict[str, Any]]], kind: str, actor: str, data: dict[str, Any], now: datetime
+) -> int:
+    """The same guarded transition for many devices at once (token runs of 100,000 serials).
+
+    `rows` are (serial, changes) with the same columns in every row. One `executemany` of the
+    conditional UPDATE; then one audit event per device and their outbox rows. Returns how many rows
+    changed: the caller rolls the transaction back when that is not all of them. Call it inside the
+    transaction.
+    """
+    if not rows:
+        return 0
+    transition = LIFECYCLE[action]
+    columns = list(rows[0][1])
+    quote = connection.ops.quote_name
+    table = quote(Device._meta.db_table)  # from the model; every value below is a parameter
+    assignments = ", ".join(f"{quote(column)} = %s" for column in ["state", *columns, "updated_at"])
+    states = ", ".join(["%s"] * len(transition.sources))
+    sql = (
+        f"UPDATE {table} SET {assignments}, version = version + 1 "  # noqa: S608
+        f"WHERE serial = %s AND state IN ({states})"
+    )
+    stamp = db_datetime(now)
+    params = [
+        (transition.target, *(changes[column] for column in columns), stamp, serial, *transition.sources)
+        for serial, changes in rows
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)
+        updated = cursor.rowcount
+    if updated != len(rows):
+        return updated
+    serials = [serial for serial, _ in rows]
+    audit_append_many([NewEvent(kind=kind, actor=actor, serial=serial, data=data) for serial in serials])
+    items = association_items(serials)
+    outbox_insert([items[serial] for serial in serials], now=now)
+    return updated
+
+
+def outbox_insert(items: list[dict], *, now: datetime) -> None:
+    """Queue the DynamoDB items of many devices changed in this transaction."""
+    stamp = db_datetime(now)
+    insert_rows(
+        DynamoOutbox,
+        ["serial", "version", "item", "created_at", "attempts", "last_error"],
+        ((item["productId"], item["version"], db_json(item), stamp, 0, "") for item in items),
+    )
+
+
+def staff_login_record(*, username: str, succeeded: bool, client_address: str | None) -> None:
+    """Audit a login to the staff portal; never the password."""
+    from ..models import AuditKind
+
+    with transaction.atomic():
+        audit_append(
+            kind=AuditKind.ADMIN_LOGIN if succeeded else AuditKind.ADMIN_LOGIN_FAILED,
+            actor=username[:150],
+            client_address=client_address,
+        )
+
+
+def aws_failure_advice(exc: aws.AwsError) -> str:
+    """What staff should do about an AWS failure: wait and retry, or fix the configuration first."""
+    if isinstance(exc, aws.AwsRejected):
+        return (
+            f"AWS IoT refused {exc.operation} ({exc.code}): check the portal's AWS configuration and "
+            "permissions; retrying will not help until that is fixed"
+        )
+    return f"AWS IoT did not answer {exc.operation} ({exc.code}); try again in a minute"

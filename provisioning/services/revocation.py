@@ -1,0 +1,171 @@
+"""Revoke and reset: staff take a certificate away, and give a device a new start with a new token."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from .. import aws
+from ..crypto import token_digest, token_generate
+from ..models import AuditKind, Certificate, CertificateStatus, Device, DeviceAction, DeviceState
+from ..selectors import device_get
+from ..validators import SERIAL_RE
+from .common import IssuedToken, ServiceError, aws_failure_advice, device_transition
+from .tokens import token_ttl
+
+
+def device_revoke(*, serial: str, reason: str, actor: str) -> Device:
+    """Revoke the device's certificate in AWS IoT (REVOKED, detached), then in the database."""
+    reason = reason.strip()
+    if not reason:
+        raise ServiceError("a reason is required to revoke a device")
+    device = device_get(serial=serial)
+    if device is None:
+        raise ServiceError(f"unknown serial {serial}")
+    revoke_check(device)
+    certificate = device.current_certificate
+    # AWS first: once this returns the certificate no longer works, whatever happens next. Repeating it
+    # after a failure is harmless, so a retry of the whole revoke is always safe.
+    aws.certificate_revoke(
+        certificate_id=certificate.certificate_id,
+        certificate_arn=certificate.arn,
+        thing_name=certificate.thing_name,
+        policy_name=settings.CVM_IOT_POLICY_NAME,
+    )
+    with transaction.atomic():
+        Certificate.objects.filter(pk=certificate.pk).update(
+            status=CertificateStatus.REVOKED, revoked_at=timezone.now(), revoked_by=actor, revoked_reason=reason[:255]
+        )
+        revoked = device_transition(
+            device.pk,
+            action=DeviceAction.REVOKE,
+            where={"current_certificate": certificate},
+            kind=AuditKind.DEVICE_REVOKED,
+            actor=actor,
+            data={"certificate_id": certificate.certificate_id, "reason": reason[:255]},
+        )
+        if revoked is None:  # raising rolls the certificate row back with the transaction
+            raise ServiceError(f"device {serial} changed while it was being revoked; look at it again before retrying")
+        return revoked
+
+
+def device_reset(*, serial: str, actor: str, reason: str = "reset", ttl_days: int | None = None) -> IssuedToken:
+    """Revoke the current certificate if there is one, then give the device a new token."""
+    ttl = token_ttl(ttl_days)  # before anything changes: a bad lifetime must not leave a revoked device
+    device = device_get(serial=serial)
+    if device is None:
+        raise ServiceError(f"unknown serial {serial}")
+    reset_check(device)
+    if device.allows(DeviceAction.REVOKE):
+        device = device_revoke(serial=serial, reason=f"reset: {reason}", actor=actor)
+    token = token_generate()
+    now = timezone.now()
+    expires_at = now + timedelta(days=ttl)
+    reset = device_transition(
+        device.pk,
+        action=DeviceAction.RESET,
+        changes={
+            "token_digest": token_digest(token),
+            "token_expires_at": expires_at,
+            "token_issued_at": now,
+            "current_certificate": None,
+        },
+        kind=AuditKind.DEVICE_RESET,
+        actor=actor,
+        data={"reason": reason[:255], "expires_at": expires_at},
+    )
+    if reset is None:
+        raise ServiceError(f"device {serial} changed while it was being reset; look at it again before retrying")
+    return IssuedToken(serial=serial, token=token, expires_at=expires_at)
+
+
+def reset_refusal_advice(serial: str, state: str) -> str:
+    if state == DeviceState.ISSUING:
+        return (
+            f"device {serial} is being issued a certificate right now; wait for it to finish "
+            f"(at most {settings.CVM_CLAIM_TIMEOUT_SECONDS} s), then reset it"
+        )
+    return (
+        f"device {serial} is {state}; reset applies to active or revoked devices "
+        "(issue_tokens gives a device without a certificate a new token)"
+    )
+
+
+def revoke_refusal_advice(serial: str, state: str) -> str:
+    if state == DeviceState.ISSUING:
+        return (
+            f"device {serial} is being issued a certificate right now; wait for it to finish "
+            f"(at most {settings.CVM_CLAIM_TIMEOUT_SECONDS} s), then revoke it"
+        )
+    return f"device {serial} is {state}; only an active device can be revoked"
+
+
+def reset_check(device: Device) -> None:
+    if not device.allows(DeviceAction.RESET):
+        raise ServiceError(reset_refusal_advice(device.serial, device.state))
+
+
+def revoke_check(device: Device) -> None:
+    if not device.allows(DeviceAction.REVOKE) or device.current_certificate_id is None:
+        raise ServiceError(revoke_refusal_advice(device.serial, device.state))
+
+
+def devices_check(*, serials: list[str], check: Callable[[Device], None]) -> list[str]:
+    """Check every serial before a command changes any: all known, each in a state the action allows.
+
+    Returns the serials without repeats, in the order given; raises ServiceError naming the first bad one.
+    """
+    serials = list(dict.fromkeys(serials))
+    if not serials:
+        raise ServiceError("no serials given")
+    for serial in serials:
+        if not SERIAL_RE.match(serial):
+            raise ServiceError(f"{serial[:70]!r} is not a valid serial")
+    devices = {d.serial: d for d in Device.objects.filter(serial__in=serials)}
+    for serial in serials:
+        if serial not in devices:
+            raise ServiceError(f"unknown serial {serial}")
+        check(devices[serial])
+    return serials
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What a bulk action did to each device: the ones that worked, and why the others did not."""
+
+    succeeded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    tokens: list[IssuedToken] = field(default_factory=list)
+
+
+def devices_revoke(*, serials: list[str], reason: str, actor: str) -> BatchOutcome:
+    """Revoke each device on its own: one failing (AWS down, wrong state) leaves the others done."""
+    outcome = BatchOutcome()
+    for serial in serials:
+        try:
+            device_revoke(serial=serial, reason=reason, actor=actor)
+            outcome.succeeded.append(serial)
+        except ServiceError as exc:
+            outcome.failed[serial] = str(exc)
+        except aws.AwsError as exc:
+            outcome.failed[serial] = aws_failure_advice(exc)
+    return outcome
+
+
+def devices_reset(*, serials: list[str], reason: str, actor: str, ttl_days: int | None = None) -> BatchOutcome:
+    token_ttl(ttl_days)  # a bad lifetime refuses the whole batch before any device is touched
+    outcome = BatchOutcome()
+    for serial in serials:
+        try:
+            outcome.tokens.append(device_reset(serial=serial, actor=actor, reason=reason, ttl_days=ttl_days))
+            outcome.succeeded.append(serial)
+        except ServiceError as exc:
+            outcome.failed[serial] = str(exc)
+        except aws.AwsError as exc:
+            outcome.failed[serial] = aws_failure_advice(exc)
+    return outcome

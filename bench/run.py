@@ -32,6 +32,7 @@ WORK = Path(tempfile.mkdtemp(prefix="cvm-bench-"))
 BASE_ENV = {
     "SECRET_KEY": "bench-secret-key-0123456789abcdefghijklmnopqrstuv",
     "CVM_TOKEN_HMAC_KEY": "bench-token-key-0123456789abcdefghijklmnopqr",
+    "CVM_AUDIT_HMAC_KEY": "bench-audit-key-0123456789abcdefghijklmnopqr",
     "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
     "SECURE_SSL_REDIRECT": "false",
     "DATABASE_URL": f"sqlite:///{WORK / 'bench.sqlite3'}",

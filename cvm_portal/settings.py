@@ -196,6 +196,16 @@ if not validators.TOKEN_TTL_MIN_DAYS <= CVM_TOKEN_TTL_DAYS <= validators.TOKEN_T
         f"CVM_TOKEN_TTL_DAYS must be {validators.TOKEN_TTL_MIN_DAYS} to {validators.TOKEN_TTL_MAX_DAYS} days"
     )
 
+# --- Audit log: keyed hash chain (the key lives outside the database) and anchors outside it too.
+CVM_AUDIT_HMAC_KEY = _required_secret("CVM_AUDIT_HMAC_KEY", min_length=32)
+# Older keys still accepted when verifying, so the key can rotate; new events use the current one.
+CVM_AUDIT_HMAC_KEY_FALLBACKS = env.list("CVM_AUDIT_HMAC_KEY_FALLBACKS", default=[])
+# Where the worker appends the chain's head (a file path or s3://BUCKET/PREFIX); empty: not anchored.
+CVM_AUDIT_ANCHOR_SINK = env.str("CVM_AUDIT_ANCHOR_SINK", default="")
+CVM_AUDIT_ANCHOR_SECONDS = env.int("CVM_AUDIT_ANCHOR_SECONDS", default=300)
+# How long S3 Object Lock keeps each anchor immutable (COMPLIANCE mode: not even the root user can delete).
+CVM_AUDIT_ANCHOR_RETENTION_DAYS = env.int("CVM_AUDIT_ANCHOR_RETENTION_DAYS", default=3650)
+
 # --- Device API limits
 CVM_MAX_BODY_BYTES = 64 * 1024
 CVM_FAILED_TOKENS_PER_SERIAL = env.int("CVM_FAILED_TOKENS_PER_SERIAL", default=10)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -108,15 +110,46 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="dynamodb")
 
 
-def outbox_follow(*, stop: threading.Event, batch_size: int = 200) -> None:
-    """Keep draining until `stop` is set: at once while there is work, every half second when idle."""
-    last_prune = 0.0
+@dataclass
+class PeriodicJob:
+    """Work the long-running worker does every `every_seconds` beside draining the outbox."""
+
+    name: str
+    every_seconds: float
+    run: Callable[[], object]
+    last_run: float = 0.0
+
+    def run_if_due(self) -> None:
+        now = time.monotonic()
+        if self.last_run and now - self.last_run < self.every_seconds:
+            return
+        self.last_run = now
+        try:
+            self.run()
+        except aws.AwsError as exc:
+            logger.warning("periodic job failed", extra={"job": self.name, "code": exc.code})
+        except (OSError, ValueError) as exc:
+            logger.error("periodic job failed", extra={"job": self.name, "error": str(exc)[:200]})
+
+
+def outbox_follow(*, stop: threading.Event, batch_size: int = 200, jobs: list[PeriodicJob] | None = None) -> None:
+    """Keep draining until `stop` is set: at once while there is work, every half second when idle.
+
+    `jobs` (audit anchoring, …) run when due, between batches.
+    """
+    jobs = [
+        PeriodicJob(
+            "outbox_prune",
+            PRUNE_EVERY_SECONDS,
+            lambda: outbox_prune(older_than=timedelta(days=settings.CVM_OUTBOX_RETENTION_DAYS)),
+        ),
+        *(jobs or []),
+    ]
     while not stop.is_set():
         try:
             report = outbox_drain(batch_size=batch_size)
-            if timezone.now().timestamp() - last_prune > PRUNE_EVERY_SECONDS:
-                outbox_prune(older_than=timedelta(days=settings.CVM_OUTBOX_RETENTION_DAYS))
-                last_prune = timezone.now().timestamp()
+            for job in jobs:
+                job.run_if_due()
         except DatabaseError:
             # The database went away (restart, failover): reconnect on the next round.
             logger.warning("outbox worker lost the database; retrying")

@@ -88,7 +88,7 @@ class Launcher:
 
     def write_local_env(self, embedded: bool) -> None:
         """var/local.env: what a second terminal sources to run management commands against this portal."""
-        names = ["SECRET_KEY", "CVM_TOKEN_HMAC_KEY", "ALLOWED_HOSTS", "DATABASE_URL"]
+        names = ["SECRET_KEY", "CVM_TOKEN_HMAC_KEY", "CVM_AUDIT_HMAC_KEY", "ALLOWED_HOSTS", "DATABASE_URL"]
         if embedded:
             names += ["AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"]
         lines = [f"{name}={self.env[name]}" for name in names if name in self.env]
@@ -100,6 +100,9 @@ class Launcher:
         VAR.mkdir(exist_ok=True)
         self.env.setdefault("SECRET_KEY", secret_file("secret_key"))
         self.env.setdefault("CVM_TOKEN_HMAC_KEY", secret_file("token_hmac_key"))
+        self.env.setdefault("CVM_AUDIT_HMAC_KEY", secret_file("audit_hmac_key"))
+        # The worker anchors the audit chain's head here every few minutes (verify_audit --anchors).
+        self.env.setdefault("CVM_AUDIT_ANCHOR_SINK", str(VAR / "audit-anchors.jsonl"))
         self.env.setdefault("ALLOWED_HOSTS", "127.0.0.1,localhost")
         # HSTS pins a host to HTTPS for a year; not something to do to a developer's "localhost".
         self.env.setdefault("SECURE_HSTS_SECONDS", "0")

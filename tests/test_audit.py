@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+
+import boto3
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -22,8 +27,16 @@ def five_events() -> list[AuditEvent]:
 
 
 def sql(statement: str, *params: object) -> None:
+    """Tamper as a database administrator would: on PostgreSQL, first switch the append-only triggers
+    off for the session (a superuser or the table's owner can)."""
     with connection.cursor() as cursor:
-        cursor.execute(statement, params)
+        if connection.vendor == "postgresql":
+            cursor.execute("SET session_replication_role = replica")
+        try:
+            cursor.execute(statement, params)
+        finally:
+            if connection.vendor == "postgresql":
+                cursor.execute("SET session_replication_role = DEFAULT")
 
 
 def test_clean_log_verifies(five_events, capsys):
@@ -142,3 +155,182 @@ def test_a_change_and_its_audit_event_commit_together_or_not_at_all(make_device,
     assert Device.objects.get(serial="SN-ATOMIC").state == DeviceState.REGISTERED
     assert AuditEvent.objects.count() == events_before
     assert DynamoOutbox.objects.count() == outbox_before
+
+
+# --- an insider with write access to the database, but not the key --------------------------------
+
+
+def _rechain(from_seq: int, digest) -> None:
+    """Recompute every hash from `from_seq` on, and the head, the way an attacker without the key would."""
+    from provisioning.audit import _body
+
+    events = list(AuditEvent.objects.order_by("seq"))
+    prev = events[from_seq - 2].hash if from_seq > 1 else "0" * 64
+    for event in events[from_seq - 1 :]:
+        event.prev_hash = prev
+        body = _body(
+            event.seq, event.created_at, event.kind, event.actor, event.serial, event.client_address, event.data, prev
+        )
+        prev = digest(body)
+        sql(
+            "UPDATE provisioning_auditevent SET prev_hash = %s, hash = %s WHERE seq = %s",
+            event.prev_hash,
+            prev,
+            event.seq,
+        )
+    sql("UPDATE provisioning_auditchainhead SET last_hash = %s WHERE id = 1", prev)
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [
+        pytest.param(lambda body: hashlib.sha256(body).hexdigest(), id="plain-sha256"),
+        pytest.param(lambda body: hmac.new(b"a guessed key", body, hashlib.sha256).hexdigest(), id="guessed-key"),
+    ],
+)
+def test_an_edited_event_with_the_whole_chain_recomputed_is_detected(five_events, digest):
+    sql("UPDATE provisioning_auditevent SET actor = %s WHERE seq = 3", "mallory")
+    _rechain(3, digest)
+
+    problems = [str(p) for p in audit_verify()]
+
+    assert "audit event #3: content does not match its hash: the row was edited" in problems
+
+
+def test_a_truncated_tail_with_the_head_rewound_is_caught_by_an_anchor(five_events, tmp_path, capsys):
+    anchors = tmp_path / "anchors.jsonl"
+    call_command("anchor_audit", "--to", str(anchors))
+    sql("DELETE FROM provisioning_auditevent WHERE seq >= 4")
+    sql("UPDATE provisioning_auditchainhead SET last_seq = 3, last_hash = %s WHERE id = 1", five_events[2].hash)
+
+    assert audit_verify() == [], "without anchors the shortened chain is self-consistent"
+    with pytest.raises(CommandError, match=r"#5: anchored at .* but missing: the log was truncated"):
+        call_command("verify_audit", "--anchors", str(anchors))
+
+
+def test_a_database_restored_from_an_older_copy_differs_from_its_anchor(five_events, tmp_path):
+    anchors = tmp_path / "anchors.jsonl"
+    call_command("anchor_audit", "--to", str(anchors))
+    # The restored copy lacks events 4 and 5; the portal then writes two new, different ones.
+    sql("DELETE FROM provisioning_auditevent WHERE seq >= 4")
+    sql("UPDATE provisioning_auditchainhead SET last_seq = 3, last_hash = %s WHERE id = 1", five_events[2].hash)
+    for i in range(2):
+        with transaction.atomic():
+            audit_append(kind="token_issued", actor="bob", serial=f"SN-NEW-{i}")
+
+    with pytest.raises(CommandError, match="#5: differs from its anchor"):
+        call_command("verify_audit", "--anchors", str(anchors))
+
+
+def test_anchors_accumulate_and_all_are_checked(five_events, tmp_path, capsys):
+    anchors = tmp_path / "anchors.jsonl"
+    call_command("anchor_audit", "--to", str(anchors))
+    with transaction.atomic():
+        audit_append(kind="token_issued", actor="bob", serial="SN-6")
+    call_command("anchor_audit", "--to", str(anchors))
+
+    call_command("verify_audit", "--anchors", str(anchors))
+
+    assert [json.loads(line)["seq"] for line in anchors.read_text().splitlines()] == [5, 6]
+    assert "2 anchor(s) checked" in capsys.readouterr().out
+    assert oct(anchors.stat().st_mode & 0o777) == "0o600"
+
+
+def test_an_unreadable_anchor_source_is_one_line_and_exit_1(five_events, tmp_path):
+    with pytest.raises(CommandError, match="cannot read"):
+        call_command("verify_audit", "--anchors", str(tmp_path / "none.jsonl"))
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    with pytest.raises(CommandError, match="line 1 is not an anchor"):
+        call_command("verify_audit", "--anchors", str(tmp_path / "bad.jsonl"))
+
+
+def test_anchors_in_s3_under_object_lock(five_events, aws_mock, capsys):
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="cvm-audit", ObjectLockEnabledForBucket=True)
+
+    call_command("anchor_audit", "--to", "s3://cvm-audit/anchors/")
+    call_command("verify_audit", "--anchors", "s3://cvm-audit/anchors/")
+
+    (entry,) = s3.list_objects_v2(Bucket="cvm-audit", Prefix="anchors/")["Contents"]
+    assert s3.head_object(Bucket="cvm-audit", Key=entry["Key"])["ObjectLockMode"] == "COMPLIANCE"
+    sql("DELETE FROM provisioning_auditevent WHERE seq = 5")
+    sql("UPDATE provisioning_auditchainhead SET last_seq = 4, last_hash = %s WHERE id = 1", five_events[3].hash)
+    with pytest.raises(CommandError, match="#5: anchored"):
+        call_command("verify_audit", "--anchors", "s3://cvm-audit/anchors/")
+
+
+def test_events_written_before_a_key_rotation_verify_with_the_old_key_as_fallback(five_events, settings):
+    old = settings.CVM_AUDIT_HMAC_KEY
+    settings.CVM_AUDIT_HMAC_KEY = "a-brand-new-audit-hmac-key-000000000000000"
+    with transaction.atomic():
+        audit_append(kind="token_issued", actor="after-rotation")
+
+    assert audit_verify() != [], "the old events do not verify under the new key alone"
+    settings.CVM_AUDIT_HMAC_KEY_FALLBACKS = [old]
+    assert audit_verify() == []
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the append-only triggers are PostgreSQL's")
+def test_postgresql_refuses_update_and_delete_of_audit_rows(five_events):
+    from django.db import DatabaseError
+
+    for statement in (
+        "UPDATE provisioning_auditevent SET actor = 'mallory' WHERE seq = 3",
+        "DELETE FROM provisioning_auditevent WHERE seq = 5",
+    ):
+        with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(statement)
+    assert audit_verify() == []
+
+
+def _migrate(target: str):
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate([("provisioning", target)])
+    return executor.loader.project_state([("provisioning", target)]).apps
+
+
+def _plain_log(apps, count: int) -> str:
+    """A log as the portal wrote it before the chain was keyed: plain SHA-256."""
+    from django.utils import timezone
+
+    from provisioning.audit import _body
+
+    Event = apps.get_model("provisioning", "AuditEvent")
+    Head = apps.get_model("provisioning", "AuditChainHead")
+    sql("DELETE FROM provisioning_auditevent")
+    prev = "0" * 64
+    for seq in range(1, count + 1):
+        created = timezone.now()
+        digest = hashlib.sha256(_body(seq, created, "token_issued", "alice", f"SN-{seq}", None, {}, prev)).hexdigest()
+        Event.objects.create(
+            seq=seq, created_at=created, kind="token_issued", actor="alice", serial=f"SN-{seq}", data={},
+            prev_hash=prev, hash=digest,
+        )  # fmt: skip
+        prev = digest
+    Head.objects.update_or_create(pk=1, defaults={"last_seq": count, "last_hash": prev})
+    return prev
+
+
+def test_the_keying_migration_rechains_an_intact_plain_log(transactional_db):
+    try:
+        plain_head = _plain_log(_migrate("0007_product_name_rule"), 3)
+        _migrate("0008_audit_keyed_chain")
+
+        assert audit_verify() == []
+        assert AuditEvent.objects.get(seq=3).hash != plain_head, "re-chained under the key"
+    finally:
+        _migrate("0008_audit_keyed_chain")
+
+
+def test_the_keying_migration_refuses_to_launder_an_altered_log(transactional_db):
+    try:
+        _plain_log(_migrate("0007_product_name_rule"), 3)
+        sql("UPDATE provisioning_auditevent SET actor = 'mallory' WHERE seq = 2")
+        with pytest.raises(RuntimeError, match="audit event #2 does not verify under the old chain"):
+            _migrate("0008_audit_keyed_chain")
+    finally:
+        sql("DELETE FROM provisioning_auditevent")
+        _migrate("0008_audit_keyed_chain")

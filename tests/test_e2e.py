@@ -120,6 +120,7 @@ def portal(tmp_path_factory) -> Iterator[Portal]:
     env.update(
         SECRET_KEY="e2e-secret-key-0123456789abcdefghijklmnop",
         CVM_TOKEN_HMAC_KEY="e2e-token-hmac-key-0123456789abcdefghijkl",
+        CVM_AUDIT_HMAC_KEY="e2e-audit-hmac-key-0123456789abcdefghijkl",
         DATABASE_URL=f"sqlite:///{workdir / 'portal.sqlite3'}",
         ALLOWED_HOSTS="127.0.0.1,localhost",
         # Short, so the crash test sees its dead claim recovered within seconds.

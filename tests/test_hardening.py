@@ -169,6 +169,7 @@ def test_without_the_old_key_old_tokens_stop_working(api, aws_mock, make_device,
 PRODUCTION = {
     "SECRET_KEY": "k3y-" + "Zq8xW2vN5bR7tY1uI4oP6aS9dF3gH0jK" * 2,
     "CVM_TOKEN_HMAC_KEY": "h-" + "Mn4Bv7Cx1Zl0Kj9Hg8Fd6Sa5Qw3Er2Ty" * 2,
+    "CVM_AUDIT_HMAC_KEY": "a-" + "Pq7Wm2Xz9Lk4Jh1Gf6Ds3Ap8Oi5Uy0Tr" * 2,
     "ALLOWED_HOSTS": "cvm.example.com",
     "DATABASE_URL": "sqlite:////tmp/cvm-deploy-check.sqlite3",
 }
@@ -187,7 +188,7 @@ def test_check_deploy_reports_nothing_with_production_settings():
     assert "System check identified no issues" in result.stdout
 
 
-@pytest.mark.parametrize("missing", ["SECRET_KEY", "CVM_TOKEN_HMAC_KEY", "ALLOWED_HOSTS"])
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "CVM_TOKEN_HMAC_KEY", "CVM_AUDIT_HMAC_KEY", "ALLOWED_HOSTS"])
 def test_the_portal_refuses_to_start_without_its_secrets_and_hosts(missing):
     env = {k: v for k, v in PRODUCTION.items() if k != missing}
     result = manage("check", env=env)

@@ -11,6 +11,7 @@ Path(__file__).resolve().parent.parent.joinpath("var").mkdir(exist_ok=True)
 
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-000000")
 os.environ.setdefault("CVM_TOKEN_HMAC_KEY", "test-token-hmac-key-not-for-production-0000")
+os.environ.setdefault("CVM_AUDIT_HMAC_KEY", "test-audit-hmac-key-not-for-production-0000")
 os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
 os.environ.setdefault("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")
 for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_IOT", "AWS_ENDPOINT_URL_DYNAMODB"):

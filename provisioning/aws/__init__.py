@@ -22,6 +22,7 @@ from .clients import (
 )
 from .clients import dynamodb_client as _dynamodb_client
 from .clients import iot_client as _iot_client
+from .clients import s3_client as _s3_client
 from .dynamodb import association_delete, association_put, association_replace, table_ensure, table_scan
 from .iot import (
     CertificateInfo,
@@ -43,6 +44,7 @@ from .iot import (
     thing_certificates,
     thing_ensure,
 )
+from .s3 import anchor_put, anchors_list
 
 IAM_ACTIONS: frozenset[str] = frozenset(
     {
@@ -73,23 +75,29 @@ IAM_ACTIONS: frozenset[str] = frozenset(
         "dynamodb:CreateTable",
     }
 )
+# Only with CVM_AUDIT_ANCHOR_SINK=s3://…: anchors written under Object Lock, and read back to verify.
+IAM_ACTIONS_ANCHORS_S3: frozenset[str] = frozenset({"s3:PutObject", "s3:ListBucket"})
 
 
 def clients_reset() -> None:
     """Forget cached clients and the endpoint (tests switch between moto and servers)."""
     _iot_client.cache_clear()
     _dynamodb_client.cache_clear()
+    _s3_client.cache_clear()
     iot_data_endpoint.cache_clear()
 
 
 __all__ = [
     "IAM_ACTIONS",
+    "IAM_ACTIONS_ANCHORS_S3",
     "THROTTLE_RETRY_AFTER",
     "AwsError",
     "AwsRejected",
     "AwsUnavailable",
     "CertificateInfo",
     "NewCertificate",
+    "anchor_put",
+    "anchors_list",
     "association_delete",
     "association_put",
     "association_replace",

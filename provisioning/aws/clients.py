@@ -143,6 +143,11 @@ def iot(operation: str, /, *, expected: frozenset[str] = frozenset(), **kwargs: 
     return call(operation, getattr(iot_client(), xform_name(operation)), expected=expected, **kwargs)
 
 
+def s3(operation: str, /, *, expected: frozenset[str] = frozenset(), **kwargs: Any) -> Any:
+    """An S3 call by its API name (audit anchors only)."""
+    return call(operation, getattr(s3_client(), xform_name(operation)), expected=expected, **kwargs)
+
+
 def dynamodb(operation: str, /, *, expected: frozenset[str] = frozenset(), **kwargs: Any) -> Any:
     """A DynamoDB call by its API name (`"PutItem"`)."""
     return call(operation, getattr(dynamodb_client(), xform_name(operation)), expected=expected, **kwargs)
@@ -193,6 +198,11 @@ def iot_client() -> Any:
 @functools.cache
 def dynamodb_client() -> Any:
     return _client("dynamodb")
+
+
+@functools.cache
+def s3_client() -> Any:
+    return _client("s3")
 
 
 @functools.cache

@@ -1,9 +1,12 @@
 import signal
 import threading
 
+from django.conf import settings
 from django.core.management.base import CommandError
 
-from provisioning.mirror import outbox_backlog, outbox_drain, outbox_follow
+from provisioning.anchors import anchor_write
+from provisioning.audit import audit_head
+from provisioning.mirror import PeriodicJob, outbox_backlog, outbox_drain, outbox_follow
 
 from ._base import PortalCommand
 
@@ -25,7 +28,7 @@ class Command(PortalCommand):
         # SIGTERM (systemd, Kubernetes, `make run`) and Ctrl-C finish the batch in hand, then exit.
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
-        outbox_follow(stop=stop, batch_size=batch_size)
+        outbox_follow(stop=stop, batch_size=batch_size, jobs=worker_jobs())
 
     def drain_once(self, batch_size):
         written = superseded = 0
@@ -40,3 +43,18 @@ class Command(PortalCommand):
         self.stdout.write(f"wrote {written} item(s); {superseded} superseded change(s); {backlog} pending")
         if backlog:
             raise CommandError(f"{backlog} change(s) could not be written to DynamoDB; they will be retried")
+
+
+def worker_jobs() -> list[PeriodicJob]:
+    """What the long-running worker does beside the mirror, as configured."""
+    jobs = []
+    if settings.CVM_AUDIT_ANCHOR_SINK:
+        anchored: list[int] = []
+
+        def anchor() -> None:
+            # Only when the chain moved: an idle portal does not fill the sink with the same head.
+            if audit_head().seq not in anchored[-1:]:
+                anchored.append(anchor_write(sink=settings.CVM_AUDIT_ANCHOR_SINK).seq)
+
+        jobs.append(PeriodicJob("audit_anchor", settings.CVM_AUDIT_ANCHOR_SECONDS, anchor))
+    return jobs

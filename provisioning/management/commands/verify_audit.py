@@ -1,20 +1,32 @@
 from django.core.management.base import CommandError
 
-from provisioning.audit import audit_verify
-from provisioning.models import AuditChainHead
+from provisioning.anchors import AnchorSinkInvalid, anchors_read
+from provisioning.audit import audit_head, audit_verify
 
 from ._base import PortalCommand
 
 
 class Command(PortalCommand):
-    help = "Check that the audit log is complete and unaltered; exit 1 at the first break."
+    help = (
+        "Check that the audit log is complete and unaltered (keyed hash chain); with --anchors, also that "
+        "no anchored event is missing or different. Exits 1 when it is not."
+    )
 
-    def handle(self, *args, **options):
-        problems = audit_verify()
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--anchors", metavar="SOURCE", help="where anchor_audit wrote: a file path or s3://BUCKET/PREFIX"
+        )
+
+    def handle(self, *args, anchors, **options):
+        try:
+            anchored = anchors_read(source=anchors) if anchors else None
+        except AnchorSinkInvalid as exc:
+            raise CommandError(str(exc)) from None
+        problems = audit_verify(anchors=anchored)
         for problem in problems:
             self.stderr.write(str(problem))
         if problems:
             raise CommandError(f"audit log broken: {problems[0]}")
-        head = AuditChainHead.objects.filter(pk=1).first()
-        last_seq, last_hash = (head.last_seq, head.last_hash) if head else (0, "-")
-        self.stdout.write(f"audit log intact: {last_seq} event(s), head {last_hash}")
+        head = audit_head()
+        checked = f"; {len(anchored)} anchor(s) checked" if anchored is not None else ""
+        self.stdout.write(f"audit log intact: {head.seq} event(s), head {head.head}{checked}")

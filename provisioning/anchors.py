@@ -1,0 +1,78 @@
+"""Audit anchors: the chain's head copied to an append-only place outside the database.
+
+A sink or source is either a file path (one JSON line per anchor, opened O_APPEND; put it on storage
+the database's administrators cannot write, or ship it on) or `s3://BUCKET/PREFIX` (one object per
+anchor under S3 Object Lock in COMPLIANCE mode: nobody can change or delete it before it expires).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from django.conf import settings
+
+from . import aws
+from .audit import Anchor, audit_head
+
+
+class AnchorSinkInvalid(ValueError):
+    """The sink or source cannot be used; the message says why."""
+
+
+def _s3_location(location: str) -> tuple[str, str] | None:
+    if not location.startswith("s3://"):
+        return None
+    bucket, _, prefix = location.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise AnchorSinkInvalid(f"{location}: expected s3://BUCKET/PREFIX")
+    return bucket, prefix
+
+
+def anchor_write(*, sink: str) -> Anchor:
+    """Append the chain's current head to `sink`; returns it."""
+    anchor = audit_head()
+    s3 = _s3_location(sink)
+    if s3 is not None:
+        aws.anchor_put(
+            bucket=s3[0],
+            prefix=s3[1],
+            seq=anchor.seq,
+            head=anchor.head,
+            time=anchor.time,
+            retention_days=settings.CVM_AUDIT_ANCHOR_RETENTION_DAYS,
+        )
+        return anchor
+    line = json.dumps({"seq": anchor.seq, "head": anchor.head, "time": anchor.time}, sort_keys=True) + "\n"
+    try:
+        fd = os.open(Path(sink), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise AnchorSinkInvalid(f"cannot open {sink}: {exc.strerror}") from None
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return anchor
+
+
+def anchors_read(*, source: str) -> list[Anchor]:
+    """Every anchor in `source`, as written by `anchor_write`."""
+    s3 = _s3_location(source)
+    if s3 is not None:
+        return [Anchor(**entry) for entry in aws.anchors_list(bucket=s3[0], prefix=s3[1])]
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AnchorSinkInvalid(f"cannot read {source}: {exc}") from None
+    anchors = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            anchors.append(Anchor(seq=int(entry["seq"]), head=str(entry["head"]), time=str(entry.get("time", ""))))
+        except (ValueError, KeyError, TypeError):
+            raise AnchorSinkInvalid(f"{source} line {number} is not an anchor") from None
+    return anchors

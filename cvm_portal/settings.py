@@ -5,10 +5,12 @@ have no defaults: `make run` generates them into `var/` for the local portal, an
 missing secret stops the process at start-up with a message naming the variable.
 """
 
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 
 import environ
+from csp import constants as csp_constants
 from django.core.exceptions import ImproperlyConfigured
 
 from provisioning import validators
@@ -55,10 +57,13 @@ INSTALLED_APPS = [
     "axes",
     "django_otp",
     "django_otp.plugins.otp_totp",
+    "csp",
     "provisioning",
 ]
 
 MIDDLEWARE = [
+    # First: forwarded headers from anyone but a trusted proxy are gone before anything reads them.
+    "provisioning.middleware.ProxyHeadersMiddleware",
     "provisioning.middleware.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -70,6 +75,7 @@ MIDDLEWARE = [
     "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     # Last, as django-axes requires: it turns a locked-out login into its lockout answer.
     "axes.middleware.AxesMiddleware",
 ]
@@ -134,7 +140,20 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 CVM_TRUSTED_PROXIES = env.int("CVM_TRUSTED_PROXIES", default=0)
 if CVM_TRUSTED_PROXIES < 0:
     raise ImproperlyConfigured("CVM_TRUSTED_PROXIES must be 0 or more")
-if CVM_TRUSTED_PROXIES:
+# Only a connection from one of these may set X-Forwarded-For / -Proto: anyone else's headers are dropped
+# before anything reads them (provisioning.middleware.ProxyHeadersMiddleware).
+CVM_TRUSTED_PROXY_ADDRESSES = []
+for _proxy in env.list("CVM_TRUSTED_PROXY_ADDRESSES", default=[]):
+    try:
+        CVM_TRUSTED_PROXY_ADDRESSES.append(ipaddress.ip_network(_proxy.strip(), strict=False))
+    except ValueError:
+        raise ImproperlyConfigured(f"CVM_TRUSTED_PROXY_ADDRESSES: {_proxy!r} is not an address or CIDR") from None
+if CVM_TRUSTED_PROXIES and not CVM_TRUSTED_PROXY_ADDRESSES:
+    raise ImproperlyConfigured(
+        "CVM_TRUSTED_PROXIES is set but CVM_TRUSTED_PROXY_ADDRESSES is not: name the proxies' addresses or CIDRs, "
+        "or a client that reaches the portal directly could forge X-Forwarded-For"
+    )
+if CVM_TRUSTED_PROXY_ADDRESSES:
     # Only a proxy we trust may tell us the original scheme; without one the header is ignored.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
@@ -151,18 +170,34 @@ SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", default=8 * 3600)
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+# Content-Security-Policy on every page (django-csp): scripts, styles, images and forms only from the
+# portal itself, no plugins, no framing, no <base> tricks. The API docs page relaxes styles (cvm_portal/urls.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [csp_constants.SELF],
+        "object-src": [csp_constants.NONE],
+        "frame-ancestors": [csp_constants.NONE],
+        "base-uri": [csp_constants.SELF],
+        "form-action": [csp_constants.SELF],
+    }
+}
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 # --- Staff login: lockout with a cool-off (so nobody can lock staff out for good), optional TOTP.
 AXES_FAILURE_LIMIT = env.int("CVM_ADMIN_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = timedelta(minutes=env.int("CVM_ADMIN_LOCKOUT_MINUTES", default=15))
-AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# Each combination is counted on its own against the limit: one username from one address (a typo'd
+# password), one address whatever the username (spraying many accounts), one username from any address
+# (a locked account does not open from a second address).
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], "ip_address", "username"]
 AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "provisioning.middleware.client_address"
 AXES_LOCKOUT_TEMPLATE = "admin/locked_out.html"
 AXES_VERBOSE = False
-# With it on, staff must log in with a TOTP code from a device enrolled in the admin (django-otp).
-CVM_ADMIN_2FA = env.bool("CVM_ADMIN_2FA", default=False)
+# With it on, staff must log in with a TOTP code from a device enrolled in the admin (django-otp);
+# `manage.py enroll_totp USERNAME` enrols the first one. On by default in production; `make run`'s local
+# portal turns it off and says so, and `check --deploy` warns whenever it is off with DEBUG off.
+CVM_ADMIN_2FA = env.bool("CVM_ADMIN_2FA", default=not DEBUG)
 OTP_TOTP_ISSUER = "CVM portal"
 
 # --- REST API

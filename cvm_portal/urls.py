@@ -1,7 +1,9 @@
+from csp.constants import SELF, UNSAFE_INLINE
+from csp.decorators import csp_update
 from django.contrib import admin
 from django.urls import path
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from provisioning.apis import CertificateVendApi, HealthApi, LegacyCertificateApi, metrics_view
 
@@ -14,5 +16,13 @@ urlpatterns = [
     # Answers 404 unless CVM_LEGACY_API is on (checked per request, so the setting needs no URL reload).
     path("getcert", LegacyCertificateApi.as_view(), name="legacy-getcert"),
     path("api/schema", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    # The split view serves Swagger UI's script as a file, so the page needs no inline script; Swagger UI
+    # still sets inline styles and draws data: images, which the strict policy would block.
+    path(
+        "api/docs",
+        csp_update({"style-src": [SELF, UNSAFE_INLINE], "img-src": [SELF, "data:"]})(
+            SpectacularSwaggerSplitView.as_view(url_name="schema")
+        ),
+        name="docs",
+    ),
 ]

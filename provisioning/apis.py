@@ -200,13 +200,17 @@ class LegacyCertificateApi(CertificateVendApi):
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """Prometheus exposition: with CVM_METRICS_TOKEN as a bearer token, or from loopback without one."""
+    """Prometheus exposition: with CVM_METRICS_TOKEN as a bearer token, or from loopback without one
+    (only when no proxy is trusted: behind one, the token is required)."""
     token = settings.CVM_METRICS_TOKEN
     if token:
         offered = request.META.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
         allowed = hmac.compare_digest(offered.encode(), token.encode())
+    elif settings.CVM_TRUSTED_PROXY_ADDRESSES:
+        # Behind a proxy every request may arrive from loopback: the token is the only safe rule.
+        allowed = False
     else:
-        allowed = request.META.get("REMOTE_ADDR") in ("127.0.0.1", "::1")
+        allowed = client_address(request) in ("127.0.0.1", "::1")
     if not allowed:
         return JsonResponse({"detail": "forbidden"}, status=403)
     return HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)

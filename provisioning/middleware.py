@@ -25,20 +25,55 @@ def _valid_ip(value: str) -> str | None:
         return None
 
 
-def client_address(request: HttpRequest) -> str | None:
-    """The caller's address, trusting X-Forwarded-For only as far as CVM_TRUSTED_PROXIES allows.
+def _trusted_proxy(address: str | None) -> bool:
+    if address is None:
+        return False
+    ip = ipaddress.ip_address(address)
+    return any(ip in network for network in settings.CVM_TRUSTED_PROXY_ADDRESSES)
 
-    Each trusted proxy appends the address it saw, so the real client is the entry that many places
-    from the right; anything further left was written by the client and may be forged.
+
+FORWARDED_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST", "HTTP_FORWARDED")
+
+
+class ProxyHeadersMiddleware:
+    """Drop forwarded headers unless the connection comes from a configured proxy.
+
+    Django trusts X-Forwarded-Proto (SECURE_PROXY_SSL_HEADER) from anyone, and per-address limits and the
+    admin lockout read X-Forwarded-For; a client that reaches the portal directly must not be able to
+    choose either.
     """
-    remote = _valid_ip(request.META.get("REMOTE_ADDR", ""))
-    proxies = settings.CVM_TRUSTED_PROXIES
-    if not proxies:
-        return remote
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not _trusted_proxy(_valid_ip(request.META.get("REMOTE_ADDR", ""))):
+            for header in FORWARDED_HEADERS:
+                request.META.pop(header, None)
+        return self.get_response(request)
+
+
+def client_address(request: HttpRequest) -> str | None:
+    """The caller's address: the connecting address, or, when that is a trusted proxy, the address the
+    proxies saw.
+
+    Each proxy appends the address it saw to X-Forwarded-For. Walking from the right, an entry is the
+    client once it is not itself a trusted proxy, or after CVM_TRUSTED_PROXIES hops
+    (when set); anything further left was written by the client and may be forged.
+    """
+    address = _valid_ip(request.META.get("REMOTE_ADDR", ""))
+    if not _trusted_proxy(address):
+        return address
     forwarded = [part for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if part.strip()]
-    if not forwarded:
-        return remote
-    return _valid_ip(forwarded[-min(proxies, len(forwarded))]) or remote
+    hops = settings.CVM_TRUSTED_PROXIES or len(forwarded)
+    for _ in range(hops):
+        if not forwarded or not _trusted_proxy(address):
+            break
+        seen = _valid_ip(forwarded.pop())
+        if seen is None:
+            break
+        address = seen
+    return address
 
 
 class RequestLogMiddleware:

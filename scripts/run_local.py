@@ -106,6 +106,8 @@ class Launcher:
         self.env.setdefault("ALLOWED_HOSTS", "127.0.0.1,localhost")
         # HSTS pins a host to HTTPS for a year; not something to do to a developer's "localhost".
         self.env.setdefault("SECURE_HSTS_SECONDS", "0")
+        # The local portal logs in with a password alone (said when it starts); production asks for TOTP.
+        self.env.setdefault("CVM_ADMIN_2FA", "off")
         embedded = not any(name in os.environ for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_ACCESS_KEY_ID"))
         if embedded:
             self.env["AWS_SECRET_ACCESS_KEY"] = "local"  # noqa: S105 - the emulator accepts any key
@@ -157,7 +159,12 @@ class Launcher:
             f"\nCVM portal: https://{PORTAL_BIND}/  (admin at /admin/, API docs at /api/docs)\n"
             f"TLS CA to trust: {tls.ca_cert}\n"
             f"AWS: {aws_note}\n"
-            "Ctrl-C stops everything.\n",
+            + (
+                "Staff log in with a password only (CVM_ADMIN_2FA=off, local use); production requires a TOTP code.\n"
+                if self.env["CVM_ADMIN_2FA"].lower() in ("off", "0", "false", "no")
+                else ""
+            )
+            + "Ctrl-C stops everything.\n",
             flush=True,
         )
         parent = os.getppid()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import json
 import logging
 import pkgutil
@@ -26,6 +25,7 @@ from provisioning.models import AuditEvent, AuditKind, Certificate, Device, Devi
 from provisioning.services import ServiceError, device_reset, tokens_issue
 
 from .conftest import VEND_URL, vend
+from .settings_reload import settings_under
 
 # --- 1. Options that take several values keep every value ----------------------------------------
 
@@ -487,13 +487,5 @@ def test_the_admin_refuses_a_product_name_aws_would_refuse(db):
 def test_settings_aws_would_refuse_stop_the_portal_at_start(monkeypatch, variable, value):
     from django.core.exceptions import ImproperlyConfigured
 
-    import cvm_portal.settings as portal_settings
-
-    monkeypatch.setenv(variable, value)
-    monkeypatch.setenv("DEBUG", "1")
-    try:
-        with pytest.raises(ImproperlyConfigured, match=variable):
-            importlib.reload(portal_settings)
-    finally:
-        monkeypatch.delenv(variable)
-        importlib.reload(portal_settings)
+    with pytest.raises(ImproperlyConfigured, match=variable):
+        settings_under(monkeypatch, DEBUG="1", **{variable: value})

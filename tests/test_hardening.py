@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -115,7 +116,12 @@ def test_forged_forwarded_for_is_ignored_without_trusted_proxies(api, db):
     assert set(AuditEvent.objects.values_list("client_address", flat=True)) == {"198.51.100.9"}
 
 
-@override_settings(CVM_FAILED_TOKENS_PER_ADDRESS=3, CVM_FAILED_TOKENS_PER_SERIAL=100, CVM_TRUSTED_PROXIES=1)
+@override_settings(
+    CVM_FAILED_TOKENS_PER_ADDRESS=3,
+    CVM_FAILED_TOKENS_PER_SERIAL=100,
+    CVM_TRUSTED_PROXIES=1,
+    CVM_TRUSTED_PROXY_ADDRESSES=[ipaddress.ip_network("10.0.0.2")],
+)
 def test_behind_one_proxy_only_the_address_it_saw_counts(api, db):
     # The client forges the left part; our proxy (10.0.0.2) appends the address it really saw.
     statuses = [
@@ -172,6 +178,7 @@ PRODUCTION = {
     "CVM_AUDIT_HMAC_KEY": "a-" + "Pq7Wm2Xz9Lk4Jh1Gf6Ds3Ap8Oi5Uy0Tr" * 2,
     "ALLOWED_HOSTS": "cvm.example.com",
     "DATABASE_URL": "sqlite:////tmp/cvm-deploy-check.sqlite3",
+    "CVM_ADMIN_2FA": "on",
 }
 
 

@@ -13,6 +13,8 @@ os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-000000")
 os.environ.setdefault("CVM_TOKEN_HMAC_KEY", "test-token-hmac-key-not-for-production-0000")
 os.environ.setdefault("CVM_AUDIT_HMAC_KEY", "test-audit-hmac-key-not-for-production-0000")
 os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
+# Staff log in with a password in most tests; the two-factor tests turn it on themselves.
+os.environ.setdefault("CVM_ADMIN_2FA", "off")
 os.environ.setdefault("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")
 for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_IOT", "AWS_ENDPOINT_URL_DYNAMODB"):
     os.environ.pop(name, None)

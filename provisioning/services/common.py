@@ -133,15 +133,39 @@ def outbox_insert(items: list[dict], *, now: datetime) -> None:
     )
 
 
+LOGIN_FAILURE_EVENTS_PER_ADDRESS = 20
+LOGIN_FAILURE_WINDOW_SECONDS = 15 * 60
+
+
 def staff_login_record(*, username: str, succeeded: bool, client_address: str | None) -> None:
-    """Audit a login to the staff portal; never the password."""
+    """Audit a login to the staff portal; never the password.
+
+    Failed logins are recorded up to LOGIN_FAILURE_EVENTS_PER_ADDRESS per address per quarter hour (the
+    last of them says so): someone spraying usernames from one address cannot grow the log without
+    bound. django-axes still counts every attempt for the lockout.
+    """
+    from django.core.cache import cache
+
     from ..models import AuditKind
 
+    data: dict[str, Any] = {}
+    if not succeeded:
+        key = f"cvm:login-failures:{client_address or '-'}"
+        cache.add(key, 0, timeout=LOGIN_FAILURE_WINDOW_SECONDS)
+        try:
+            count = cache.incr(key)
+        except ValueError:  # evicted between add and incr
+            count = 1
+        if count > LOGIN_FAILURE_EVENTS_PER_ADDRESS:
+            return
+        if count == LOGIN_FAILURE_EVENTS_PER_ADDRESS:
+            data = {"note": "further failed logins from this address are not recorded for 15 minutes"}
     with transaction.atomic():
         audit_append(
             kind=AuditKind.ADMIN_LOGIN if succeeded else AuditKind.ADMIN_LOGIN_FAILED,
             actor=username[:150],
             client_address=client_address,
+            data=data,
         )
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -74,12 +75,39 @@ def _refuse(serial: str, reason: str, client_address: str | None) -> VendRefused
     return VendRefused(reason)
 
 
+def _lock_key(scope: str, key: str) -> str:
+    return f"cvm:locked:{scope}:{key}"
+
+
+def _locked_for(scope: str, key: str, now: datetime) -> int | None:
+    """Seconds left on a lockout recorded in the cache, or None: a locked caller costs no database work."""
+    until = cache.get(_lock_key(scope, key))
+    if until is None or until <= now.timestamp():
+        return None
+    return math.ceil(until - now.timestamp())
+
+
+def _serial_key(serial: str, device: Device | None) -> str:
+    # A lockout belongs to the token it was earned against: a new token starts with a clean slate.
+    issued = device.token_issued_at.timestamp() if device is not None and device.token_issued_at else 0
+    return f"{serial}@{issued:.6f}"
+
+
+def _check_address_lockout(client_address: str | None, now: datetime) -> None:
+    if client_address and (retry_after := _locked_for("address", client_address, now)):
+        raise VendRetryLater(429, retry_after, "too many failed attempts; retry later")
+
+
 def _check_failure_limits(serial: str, client_address: str | None, now: datetime, device: Device | None) -> None:
     """429 when the serial or the address has failed too often within the last hour.
 
     A serial's failures count only since its current token was issued: a device that looped on an
-    expired token must not lock out the fresh one staff just gave it.
+    expired token must not lock out the fresh one staff just gave it. Once over a limit, the lockout is
+    kept in the cache until it lifts, and one `vend_throttled` event records it: a flood from a locked
+    address or against a locked serial is answered without writing, or even reading, the database.
     """
+    if retry_after := _locked_for("serial", _serial_key(serial, device), now):
+        raise VendRetryLater(429, retry_after, "too many failed attempts; retry later")
     window_start = now - FAILURE_WINDOW
     serial_since = window_start
     if device is not None and device.token_issued_at is not None:
@@ -87,21 +115,23 @@ def _check_failure_limits(serial: str, client_address: str | None, now: datetime
     by_serial, by_address = refusals_in_window(
         since=window_start, serial_since=serial_since, serial=serial, client_address=client_address
     )
-    for scope, window, limit in (
-        ("serial", by_serial, settings.CVM_FAILED_TOKENS_PER_SERIAL),
-        ("address", by_address, settings.CVM_FAILED_TOKENS_PER_ADDRESS),
+    for scope, key, window, limit in (
+        ("serial", _serial_key(serial, device), by_serial, settings.CVM_FAILED_TOKENS_PER_SERIAL),
+        ("address", client_address or "", by_address, settings.CVM_FAILED_TOKENS_PER_ADDRESS),
     ):
         if window.count >= limit:
             # The window slides: the limit lifts when the oldest failure in it is an hour old.
-            retry_after = math.ceil(((window.oldest or now) + FAILURE_WINDOW - now).total_seconds())
-            with transaction.atomic():
-                audit_append(
-                    kind=AuditKind.VEND_THROTTLED,
-                    actor=DEVICE_ACTOR,
-                    serial=serial,
-                    client_address=client_address,
-                    data={"scope": scope, "failures": window.count},
-                )
+            until = (window.oldest or now) + FAILURE_WINDOW
+            retry_after = math.ceil((until - now).total_seconds())
+            if cache.add(_lock_key(scope, key), until.timestamp(), timeout=max(1, retry_after)):
+                with transaction.atomic():
+                    audit_append(
+                        kind=AuditKind.VEND_THROTTLED,
+                        actor=DEVICE_ACTOR,
+                        serial=serial,
+                        client_address=client_address,
+                        data={"scope": scope, "failures": window.count},
+                    )
             raise VendRetryLater(429, retry_after, "too many failed attempts; retry later")
 
 
@@ -124,6 +154,7 @@ def _refusal_reason(device: Device, token: str, now: datetime) -> str | None:
 def certificate_vend(*, serial: str, token: str, csr: ValidatedCsr | None, client_address: str | None) -> VendResult:
     """Trade a serial and its one-time token for an ACTIVE certificate attached to the device's thing."""
     now = timezone.now()
+    _check_address_lockout(client_address, now)
     device = device_get(serial=serial)
     _check_failure_limits(serial, client_address, now, device)
     if device is None:

@@ -252,6 +252,16 @@ CVM_REQUIRE_CSR = env.bool("CVM_REQUIRE_CSR", default=False)
 CVM_LEGACY_API = env.bool("CVM_LEGACY_API", default=False)
 # A claim older than this is taken to belong to a process that died mid-issuance and is recovered.
 CVM_CLAIM_TIMEOUT_SECONDS = env.int("CVM_CLAIM_TIMEOUT_SECONDS", default=120)
+# How long a lost answer can be fetched again with the same token and CSR key (SPEC §3.1).
+CVM_REPLAY_WINDOW_SECONDS = env.int("CVM_REPLAY_WINDOW_SECONDS", default=86400)
+# How long a rotation may stay unconfirmed before the new certificate is revoked again (SPEC §3.2).
+CVM_ROTATION_GRACE_SECONDS = env.int("CVM_ROTATION_GRACE_SECONDS", default=604800)
+# Devices whose certificate is older than this many days are listed as "rotation due" in the admin
+# (a product's own rotate_after_days takes precedence); 0: never due.
+CVM_ROTATE_AFTER_DAYS = env.int("CVM_ROTATE_AFTER_DAYS", default=0)
+for _name in ("CVM_REPLAY_WINDOW_SECONDS", "CVM_ROTATION_GRACE_SECONDS", "CVM_ROTATE_AFTER_DAYS"):
+    if globals()[_name] < 0:
+        raise ImproperlyConfigured(f"{_name} must be 0 or more")
 
 # --- AWS
 CVM_THING_NAME_PREFIX = env.str("CVM_THING_NAME_PREFIX", default="")

@@ -1,4 +1,9 @@
-"""The device API: thin views that validate, call one service and map its outcome to a status."""
+"""The device API: thin views that validate, call one service and answer with its output serializer.
+
+Domain errors become answers in one place, `exception_handler`: a refused token or proof is the one
+identical 403, a request to retry later is its status with `Retry-After`, a database outage is a 503.
+Request metrics are counted by the request-log middleware from the outcome a view or the handler notes.
+"""
 
 from __future__ import annotations
 
@@ -22,27 +27,52 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from . import metrics
-from .crypto import ValidatedCsr
 from .middleware import client_address
 from .serializers import (
+    ConfirmInputSerializer,
+    ConfirmOutputSerializer,
     DetailSerializer,
     HealthSerializer,
     LegacyInputSerializer,
+    RotateInputSerializer,
+    RotateOutputSerializer,
     VendInputSerializer,
     VendOutputSerializer,
 )
-from .services import VendRefused, VendResult, VendRetryLater, certificate_vend
+from .services import VendRefused, VendRetryLater, certificate_vend
+from .services.rotation import ProofRefused, RotationInvalid, certificate_rotate, rotation_confirm
 
 logger = logging.getLogger(__name__)
 
 GENERIC_REFUSAL = "invalid serial or token"
+GENERIC_PROOF_REFUSAL = "invalid serial or proof"
 DATABASE_RETRY_AFTER = 5
 
 
+def _note(context: dict[str, Any], outcome: str) -> None:
+    request = context.get("request")
+    if request is not None:
+        request._request.cvm_outcome = outcome
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's handler, plus: a database outage is a 503 and any other failure a bare JSON 500."""
+    """Every domain error of the device API mapped to its answer; DRF's own errors as DRF shapes them."""
+    if isinstance(exc, VendRefused):
+        _note(context, f"refused:{exc.reason}")
+        return Response({"detail": GENERIC_REFUSAL}, status=status.HTTP_403_FORBIDDEN)
+    if isinstance(exc, ProofRefused):
+        _note(context, f"refused:{exc.reason}")
+        return Response({"detail": GENERIC_PROOF_REFUSAL}, status=status.HTTP_403_FORBIDDEN)
+    if isinstance(exc, VendRetryLater):
+        _note(context, f"retry_later:{exc.status}")
+        return Response({"detail": exc.detail}, status=exc.status, headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, RotationInvalid):
+        _note(context, "rejected:csr")
+        return Response({"csr": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
     response = drf_exception_handler(exc, context)
     if response is not None:
+        if isinstance(exc, APIException):
+            _note(context, f"rejected:{type(exc).__name__}")
         return response
     if isinstance(exc, DatabaseError):
         logger.error("database unavailable", exc_info=exc)
@@ -80,83 +110,110 @@ class AddressRateThrottle(BaseThrottle):
         return self._wait
 
 
-def _retry_later(exc: VendRetryLater) -> Response:
-    return Response({"detail": exc.detail}, status=exc.status, headers={"Retry-After": str(exc.retry_after)})
+RETRY_ANSWERS = {
+    409: OpenApiResponse(DetailSerializer, description="another request for this device is being served"),
+    413: OpenApiResponse(DetailSerializer, description="body over 64 KiB"),
+    415: OpenApiResponse(DetailSerializer, description="body is not JSON"),
+    429: OpenApiResponse(DetailSerializer, description="too many requests, failed tokens or failed proofs"),
+    503: OpenApiResponse(DetailSerializer, description="AWS unavailable; nothing issued, retry later"),
+}
 
 
-class CertificateVendApi(APIView):
+class DeviceApi(APIView):
+    """What every device call shares: the per-address request limit and the serial noted for the log."""
+
     throttle_classes = [AddressRateThrottle]
 
-    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        self._started = time.perf_counter()
-        super().initial(request, *args, **kwargs)
+    @staticmethod
+    def served(request: Request, serial: str) -> str | None:
+        request._request.cvm_serial = serial
+        return client_address(request._request)
 
-    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
-        outcome = getattr(request._request, "cvm_outcome", None) or f"status_{response.status_code}"
-        metrics.ISSUANCES.labels(outcome.split(":")[0]).inc()
-        if hasattr(self, "_started"):
-            metrics.VEND_SECONDS.observe(time.perf_counter() - self._started)
-        return super().finalize_response(request, response, *args, **kwargs)
 
+class CertificateVendApi(DeviceApi):
     @extend_schema(
         operation_id="vend_certificate",
         summary="Trade a serial and one-time token for an AWS IoT certificate",
         request=VendInputSerializer,
         responses={
             201: VendOutputSerializer,
+            200: OpenApiResponse(VendOutputSerializer, description="a lost answer fetched again (SPEC §3.1)"),
             400: OpenApiResponse(description="malformed request: {field: [message, ...]}"),
             403: OpenApiResponse(DetailSerializer, description="invalid serial or token"),
-            409: OpenApiResponse(DetailSerializer, description="another request for this device is being served"),
-            413: OpenApiResponse(DetailSerializer, description="body over 64 KiB"),
-            415: OpenApiResponse(DetailSerializer, description="body is not JSON"),
-            429: OpenApiResponse(DetailSerializer, description="too many requests or failed tokens"),
-            503: OpenApiResponse(DetailSerializer, description="AWS unavailable; nothing issued, token still valid"),
+            **RETRY_ANSWERS,
         },
     )
     def post(self, request: Request) -> Response:
         serializer = VendInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        result = self.vend(request, serial=data["serial"], token=data["token"], csr=data["validated_csr"])
-        if isinstance(result, Response):
-            return result
-        body = {
-            "serial": result.serial,
-            "thing_name": result.thing_name,
-            "certificate_id": result.certificate_id,
-            "certificate_arn": result.certificate_arn,
-            "certificate_pem": result.certificate_pem,
-            "iot_endpoint": result.iot_endpoint,
-            "root_ca_pem": result.root_ca_pem,
-        }
-        if result.private_key_pem is not None:
-            body["private_key_pem"] = result.private_key_pem
-        return Response(body, status=status.HTTP_201_CREATED)
-
-    @staticmethod
-    def vend(request: Request, *, serial: str, token: str, csr: ValidatedCsr | None) -> VendResult | Response:
-        """Call the service and turn a refusal into its answer; the caller shapes a success."""
-        request._request.cvm_serial = serial
-        try:
-            result = certificate_vend(
-                serial=serial, token=token, csr=csr, client_address=client_address(request._request)
-            )
-        except VendRefused as exc:
-            request._request.cvm_outcome = f"refused:{exc.reason}"
-            return Response({"detail": GENERIC_REFUSAL}, status=status.HTTP_403_FORBIDDEN)
-        except VendRetryLater as exc:
-            request._request.cvm_outcome = f"retry_later:{exc.status}"
-            return _retry_later(exc)
-        request._request.cvm_outcome = "issued"
-        return result
-
-    def handle_exception(self, exc: Exception) -> Response:
-        if isinstance(exc, APIException):
-            self.request._request.cvm_outcome = f"rejected:{type(exc).__name__}"
-        return super().handle_exception(exc)
+        result = certificate_vend(
+            serial=data["serial"],
+            token=data["token"],
+            csr=data["validated_csr"],
+            client_address=self.served(request, data["serial"]),
+        )
+        request._request.cvm_outcome = "replayed" if result.replayed else "issued"
+        return Response(
+            VendOutputSerializer(result).data,
+            status=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED,
+        )
 
 
-class LegacyCertificateApi(CertificateVendApi):
+class CertificateRotateApi(DeviceApi):
+    @extend_schema(
+        operation_id="rotate_certificate",
+        summary="Trade the current certificate for one on a new key, proving possession of the current key",
+        request=RotateInputSerializer,
+        responses={
+            201: RotateOutputSerializer,
+            200: OpenApiResponse(RotateOutputSerializer, description="the pending rotation's answer, again"),
+            400: OpenApiResponse(description="malformed request, or a CSR for the current key"),
+            403: OpenApiResponse(DetailSerializer, description="invalid serial or proof"),
+            **RETRY_ANSWERS,
+        },
+    )
+    def post(self, request: Request) -> Response:
+        serializer = RotateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        result = certificate_rotate(
+            serial=data["serial"],
+            csr=data["validated_csr"],
+            proof=data["proof"],
+            client_address=self.served(request, data["serial"]),
+        )
+        replayed = result.certificate.replayed
+        request._request.cvm_outcome = "rotation_replayed" if replayed else "rotation_issued"
+        return Response(
+            RotateOutputSerializer(result).data, status=status.HTTP_200_OK if replayed else status.HTTP_201_CREATED
+        )
+
+
+class CertificateRotateConfirmApi(DeviceApi):
+    @extend_schema(
+        operation_id="confirm_rotation",
+        summary="Make the rotated certificate current, proving possession of its key; the old one is revoked",
+        request=ConfirmInputSerializer,
+        responses={
+            200: ConfirmOutputSerializer,
+            400: OpenApiResponse(description="malformed request"),
+            403: OpenApiResponse(DetailSerializer, description="invalid serial or proof"),
+            **RETRY_ANSWERS,
+        },
+    )
+    def post(self, request: Request) -> Response:
+        serializer = ConfirmInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        result = rotation_confirm(
+            serial=data["serial"], proof=data["proof"], client_address=self.served(request, data["serial"])
+        )
+        request._request.cvm_outcome = "rotation_confirmed"
+        return Response(ConfirmOutputSerializer(result).data)
+
+
+class LegacyCertificateApi(DeviceApi):
     """The reference CVM's device call, for firmware that cannot change (`CVM_LEGACY_API`).
 
     `GET /getcert?serialNumber=…&deviceToken=…`, or the same two fields as a JSON body on POST, answered
@@ -184,9 +241,13 @@ class LegacyCertificateApi(CertificateVendApi):
             # The reference had AWS generate every key; this portal is set to accept device keys only.
             raise ValidationError({"detail": ["this portal requires a CSR; the legacy call cannot send one"]})
         data = serializer.validated_data
-        result = self.vend(request, serial=data["serialNumber"], token=data["deviceToken"], csr=None)
-        if isinstance(result, Response):
-            return result
+        result = certificate_vend(
+            serial=data["serialNumber"],
+            token=data["deviceToken"],
+            csr=None,
+            client_address=self.served(request, data["serialNumber"]),
+        )
+        request._request.cvm_outcome = "issued"
         return Response(
             {
                 "certificateArn": result.certificate_arn,

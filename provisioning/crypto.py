@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import certifi
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from django.conf import settings
@@ -70,6 +70,8 @@ class CsrInvalid(ValueError):
 class ValidatedCsr:
     pem: str  # always labelled CERTIFICATE REQUEST, whatever label the device used
     key_description: str
+    public_key_pem: str = ""  # SubjectPublicKeyInfo PEM of the key the device holds
+    der: bytes = b""  # what a rotation proof's csr_sha256 is computed over
 
 
 def _key_description(key: object) -> str:
@@ -127,7 +129,14 @@ def csr_validate(pem: str, *, serial: str) -> ValidatedCsr:
         raise CsrInvalid("CSR signature is not valid")
     if len(common_names) != 1 or common_names[0].value != serial:
         raise CsrInvalid("CSR subject CN must equal the serial")
-    return ValidatedCsr(pem=normalised, key_description=description)
+    return ValidatedCsr(
+        pem=normalised,
+        key_description=description,
+        public_key_pem=key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode(),
+        der=csr.public_bytes(serialization.Encoding.DER),
+    )
 
 
 def certificate_fingerprint(pem: str) -> str:

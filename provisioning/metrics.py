@@ -21,6 +21,9 @@ AWS_CALL_SECONDS = Histogram(
     "cvm_aws_call_duration_seconds", "AWS API call latency (retries included)", ["operation"], buckets=LATENCY_BUCKETS
 )
 AWS_THROTTLES = Counter("cvm_aws_throttles_total", "AWS calls that ended throttled after retries", ["operation"])
+ROTATIONS = Counter(
+    "cvm_rotations_total", "Certificate rotations by step: started, replayed, confirmed, rolled_back", ["step"]
+)
 AWS_ERRORS = Counter(
     "cvm_aws_errors_total",
     "AWS calls that failed, by operation, error code and kind (transient, or configuration: needs a person)",

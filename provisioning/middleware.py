@@ -13,6 +13,8 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.cache import add_never_cache_headers
 
+from . import metrics
+
 logger = logging.getLogger("provisioning.requests")
 
 REQUEST_ID_RE = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
@@ -76,6 +78,12 @@ def client_address(request: HttpRequest) -> str | None:
     return address
 
 
+# The device calls counted in cvm_vend_requests_total and timed in cvm_vend_duration_seconds.
+METERED_PATHS = frozenset(
+    {"/api/v1/certificates", "/api/v1/certificates/rotate", "/api/v1/certificates/rotate/confirm", "/getcert"}
+)
+
+
 class RequestLogMiddleware:
     """One JSON line per request: id, method, path (never the query string), status, duration."""
 
@@ -88,6 +96,10 @@ class RequestLogMiddleware:
         request.request_id = offered if REQUEST_ID_RE.match(offered) else uuid.uuid4().hex
         response = self.get_response(request)
         response["X-Request-ID"] = request.request_id
+        if request.path in METERED_PATHS:
+            outcome = getattr(request, "cvm_outcome", None) or f"status_{response.status_code}"
+            metrics.ISSUANCES.labels(outcome.split(":")[0]).inc()
+            metrics.VEND_SECONDS.observe(time.perf_counter() - started)
         logger.info(
             "request",
             extra={

@@ -42,6 +42,10 @@ class DeviceAction(models.TextChoices):
     RECOVER = "recover", "recover a dead issuance"
     REVOKE = "revoke", "revoke"
     RESET = "reset", "reset"
+    REPLAY = "replay", "answer a lost issuance again"
+    ROTATE = "rotate", "start a rotation"
+    CONFIRM = "confirm", "confirm a rotation"
+    ROLLBACK = "rollback", "roll back a rotation"
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,11 @@ LIFECYCLE: dict[str, Transition] = {
     DeviceAction.RECOVER: Transition((DeviceState.ISSUING,), DeviceState.TOKEN_ISSUED),
     DeviceAction.REVOKE: Transition((DeviceState.ACTIVE,), DeviceState.REVOKED),
     DeviceAction.RESET: Transition((DeviceState.REVOKED,), DeviceState.TOKEN_ISSUED, via=DeviceAction.REVOKE),
+    # A device stays active through a rotation: its certificates change, its state does not.
+    DeviceAction.REPLAY: Transition((DeviceState.ACTIVE,), DeviceState.ACTIVE),
+    DeviceAction.ROTATE: Transition((DeviceState.ACTIVE,), DeviceState.ACTIVE),
+    DeviceAction.CONFIRM: Transition((DeviceState.ACTIVE,), DeviceState.ACTIVE),
+    DeviceAction.ROLLBACK: Transition((DeviceState.ACTIVE,), DeviceState.ACTIVE),
 }
 
 
@@ -100,6 +109,11 @@ class Device(models.Model):
     # `reconcile`, removes whatever the thing holds that the database does not know before going on.
     aws_cleanup_pending = models.BooleanField(default=False)
     current_certificate = models.OneToOneField(
+        "Certificate", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    # During a rotation (SPEC §3.2): the new certificate, ACTIVE in AWS beside the current one until the
+    # device confirms it or CVM_ROTATION_GRACE_SECONDS pass.
+    pending_certificate = models.OneToOneField(
         "Certificate", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     last_request_at = models.DateTimeField(null=True, blank=True)
@@ -141,6 +155,7 @@ class KeyOrigin(models.TextChoices):
 
 class CertificateStatus(models.TextChoices):
     ACTIVE = "active", "active"
+    PENDING = "pending", "pending rotation"
     REVOKED = "revoked", "revoked"
 
 
@@ -159,6 +174,13 @@ class Certificate(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     revoked_by = models.CharField(max_length=150, blank=True)
     revoked_reason = models.CharField(max_length=255, blank=True)
+    # The key the certificate certifies, as the portal saw it (the CSR's, or the one AWS generated): what
+    # a rotation proof is verified against, and what a lost answer is matched by (SPEC §3.1, §3.2).
+    public_key_pem = models.TextField(blank=True)
+    # The certificate itself is public; kept so a lost answer can be given again.
+    certificate_pem = models.TextField(blank=True)
+    # The certificate this one replaced in a rotation (a confirm asked twice answers with it).
+    previous_certificate = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
 
     class Meta:
         ordering = ["-issued_at"]
@@ -191,6 +213,15 @@ class AuditKind(models.TextChoices):
     DEVICE_RESET = "device_reset", "device reset"
     RECONCILE_REPAIR = "reconcile_repair", "reconcile repair"
     LEGACY_IMPORTED = "legacy_imported", "imported from the reference CVM table"
+    CERTIFICATE_REPLAYED = "certificate_replayed", "lost answer given again"
+    ROTATE_REFUSED = "rotate_refused", "rotation refused"
+    ROTATION_STARTED = "rotation_started", "rotation started"
+    ROTATION_STEP_STARTED = "rotation_step_started", "rotation confirm or roll-back started"
+    ROTATION_ISSUED = "rotation_issued", "rotation certificate issued"
+    ROTATION_FAILED = "rotation_failed", "rotation failed"
+    ROTATION_REPLAYED = "rotation_replayed", "lost rotation answer given again"
+    ROTATION_CONFIRMED = "rotation_confirmed", "rotation confirmed"
+    ROTATION_ROLLED_BACK = "rotation_rolled_back", "rotation rolled back"
     ADMIN_LOGIN = "admin_login", "staff login"
     ADMIN_LOGIN_FAILED = "admin_login_failed", "staff login failed"
 
@@ -242,6 +273,26 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise PermissionError("audit events are append-only")
+
+
+class ProofJti(models.Model):
+    """A rotation proof's `jti`, accepted once per device (SPEC §3.2).
+
+    Only needs keeping while a proof carrying it could still be fresh (its `iat` within 300 s); older
+    rows are pruned by the worker.
+    """
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="+")
+    jti = models.CharField(max_length=128)
+    used_at = models.DateTimeField(db_index=True)
+    # The pending certificate the proof started, so a lost rotate answer can be fetched again with it.
+    certificate = models.ForeignKey(Certificate, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["device", "jti"], name="one_use_per_jti")]
+
+    def __str__(self) -> str:
+        return f"{self.device_id}:{self.jti}"
 
 
 class AuditChainHead(models.Model):
@@ -299,6 +350,7 @@ __all__ = [
     "DynamoOutbox",
     "KeyOrigin",
     "Product",
+    "ProofJti",
     "Transition",
     "action_allowed",
     "allowed_states",

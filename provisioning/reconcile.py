@@ -237,7 +237,12 @@ def _claim_differences(device: Device) -> list[Difference]:
 
 def reconcile_find() -> list[Difference]:
     """Every difference between the database, the DynamoDB table and AWS IoT, one per finding."""
-    devices = {d.serial: d for d in Device.objects.select_related("product", "current_certificate").order_by("serial")}
+    devices = {
+        d.serial: d
+        for d in Device.objects.select_related("product", "current_certificate", "pending_certificate").order_by(
+            "serial"
+        )
+    }
     differences = _table_differences(devices)
     targets = aws.policy_targets(policy_name=settings.CVM_IOT_POLICY_NAME)
     for device in devices.values():

@@ -30,6 +30,7 @@ def association_item(
     token_digest: str,
     last_request_at: datetime | None,
     certificate_id: str | None,
+    pending_certificate_id: str | None = None,
 ) -> dict[str, Any]:
     """The DynamoDB item for a device (SPEC §6). Only the token's HMAC digest, never the token."""
     return {
@@ -41,12 +42,15 @@ def association_item(
         "status": state,
         "thingName": thing_name or None,
         "product": product,
+        # Only during a rotation (SPEC §6); absent otherwise (None values are not written).
+        "pendingCertID": pending_certificate_id,
         "version": version,
     }
 
 
 def device_association_item(device: Device) -> dict[str, Any]:
     certificate = device.current_certificate
+    pending = device.pending_certificate
     return association_item(
         serial=device.serial,
         state=device.state,
@@ -56,6 +60,7 @@ def device_association_item(device: Device) -> dict[str, Any]:
         token_digest=device.token_digest,
         last_request_at=device.last_request_at,
         certificate_id=certificate.certificate_id if certificate else None,
+        pending_certificate_id=pending.certificate_id if pending else None,
     )
 
 
@@ -69,6 +74,7 @@ ASSOCIATION_VALUES = {
     "token_digest": "token_digest",
     "last_request_at": "last_request_at",
     "certificate_id": "current_certificate__certificate_id",
+    "pending_certificate_id": "pending_certificate__certificate_id",
 }
 
 
@@ -86,7 +92,11 @@ def association_items(serials: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def device_get(*, serial: str) -> Device | None:
-    return Device.objects.select_related("product", "current_certificate").filter(serial=serial).first()
+    return (
+        Device.objects.select_related("product", "current_certificate", "pending_certificate")
+        .filter(serial=serial)
+        .first()
+    )
 
 
 @dataclass(frozen=True)
@@ -102,8 +112,9 @@ def refusals_in_window(
     `since`), in one query."""
     for_serial = Q(serial=serial, created_at__gte=serial_since or since)
     for_address = Q(client_address=client_address) if client_address else Q(pk__in=[])
+    # Failed proofs count like failed tokens (SPEC §3.2).
     result = AuditEvent.objects.filter(
-        for_serial | for_address, kind=AuditKind.VEND_REFUSED, created_at__gte=since
+        for_serial | for_address, kind__in=[AuditKind.VEND_REFUSED, AuditKind.ROTATE_REFUSED], created_at__gte=since
     ).aggregate(
         serial_count=Count("id", filter=for_serial),
         serial_oldest=Min("created_at", filter=for_serial),

@@ -8,6 +8,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from .crypto import MAX_CSR_BYTES, CsrInvalid, csr_validate
+from .proofs import MAX_PROOF_BYTES
 from .validators import SERIAL_MESSAGE, SERIAL_PATTERN, SERIAL_RE
 
 NOT_A_STRING = "must be a JSON string"
@@ -74,14 +75,44 @@ class VendInputSerializer(StrictSerializer):
                 raise serializers.ValidationError({"csr": ["a CSR is required: generate the key on the device"]})
             attrs["validated_csr"] = None
             return attrs
-        try:
-            attrs["validated_csr"] = csr_validate(csr, serial=attrs["serial"])
-        except CsrInvalid as exc:
-            raise serializers.ValidationError({"csr": [str(exc)]}) from None
+        attrs["validated_csr"] = _validated_csr(attrs)
         return attrs
 
 
+def _validated_csr(attrs: dict[str, Any]) -> Any:
+    try:
+        return csr_validate(attrs["csr"], serial=attrs["serial"])
+    except CsrInvalid as exc:
+        raise serializers.ValidationError({"csr": [str(exc)]}) from None
+
+
+class RotateInputSerializer(StrictSerializer):
+    serial = SerialField()
+    csr = StringField(max_length=MAX_CSR_BYTES, trim_whitespace=False, help_text="PEM PKCS#10 request for a new key")
+    proof = StringField(
+        max_length=MAX_PROOF_BYTES,
+        trim_whitespace=False,
+        help_text="JWT (JWS compact) signed by the current key: sub, aud=cvm-rotate, iat, jti, csr_sha256",
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        attrs["validated_csr"] = _validated_csr(attrs)
+        return attrs
+
+
+class ConfirmInputSerializer(StrictSerializer):
+    serial = SerialField()
+    proof = StringField(
+        max_length=MAX_PROOF_BYTES,
+        trim_whitespace=False,
+        help_text="JWT signed by the new key: sub, aud=cvm-confirm, iat, jti",
+    )
+
+
 class VendOutputSerializer(serializers.Serializer):
+    """The certificate answer; built from the service's VendResult."""
+
     serial = serializers.CharField()
     thing_name = serializers.CharField()
     certificate_id = serializers.CharField()
@@ -90,6 +121,31 @@ class VendOutputSerializer(serializers.Serializer):
     private_key_pem = serializers.CharField(required=False, help_text="only when no CSR was sent")
     iot_endpoint = serializers.CharField(help_text="the account's iot:Data-ATS endpoint")
     root_ca_pem = serializers.CharField(help_text="Amazon Root CA 1")
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        body = super().to_representation(instance)
+        if body.get("private_key_pem") is None:
+            body.pop("private_key_pem", None)  # never null: absent when the device holds its own key
+        return body
+
+
+class RotateOutputSerializer(VendOutputSerializer):
+    """The rotation answer: the new certificate, the one it replaces, and when it must be confirmed."""
+
+    previous_certificate_id = serializers.CharField()
+    confirm_by = serializers.DateTimeField(help_text="ISO 8601 UTC; unconfirmed by then, the rotation is rolled back")
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        body = dict(VendOutputSerializer(instance.certificate).data)
+        body["previous_certificate_id"] = instance.previous_certificate_id
+        body["confirm_by"] = self.fields["confirm_by"].to_representation(instance.confirm_by)
+        return body
+
+
+class ConfirmOutputSerializer(serializers.Serializer):
+    serial = serializers.CharField()
+    certificate_id = serializers.CharField()
+    revoked_certificate_id = serializers.CharField()
 
 
 class DetailSerializer(serializers.Serializer):

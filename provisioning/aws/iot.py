@@ -193,6 +193,7 @@ def certificate_provision(
     csr_pem: str | None,
     policy_name: str,
     known_certificate_ids: frozenset[str] = frozenset(),
+    keep_certificate_ids: frozenset[str] = frozenset(),
 ) -> NewCertificate:
     """Thing, certificate, policy, attachment, activation — or nothing usable at all.
 
@@ -200,7 +201,8 @@ def certificate_provision(
       1. create the thing | create the certificate (INACTIVE) | look up the data endpoint
          | list what the thing already holds
       2. attach the policy | attach the certificate to the thing | revoke what the thing held
-         (`_strays_remove`; `known_certificate_ids` are the ones the database recorded)
+         (`_strays_remove`; `known_certificate_ids` are the ones the database recorded, and
+         `keep_certificate_ids` stay as they are: the current certificate, during a rotation)
       3. activate the certificate
     If any step fails, the certificate is deactivated, detached and deleted before the error is raised,
     so no ACTIVE certificate is left behind; a crash between steps leaves at worst an INACTIVE one,
@@ -217,7 +219,7 @@ def certificate_provision(
         certificate = cert_future.result()
         thing_future.result()
         endpoint_future.result()
-        strays = strays_future.result()
+        strays = [info for info in strays_future.result() if info.certificate_id not in keep_certificate_ids]
         attach_futures = [
             pool.submit(policy_attach, policy_name=policy_name, certificate_arn=certificate.arn),
             pool.submit(thing_attach, thing_name=thing_name, certificate_arn=certificate.arn),

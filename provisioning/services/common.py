@@ -49,7 +49,7 @@ def record_device_change(
     device_pk: int, *, kind: str, actor: str, client_address: str | None = None, **data: object
 ) -> Device:
     """Audit a device change and queue its DynamoDB item; call inside the change's transaction."""
-    device = Device.objects.select_related("product", "current_certificate").get(pk=device_pk)
+    device = Device.objects.select_related("product", "current_certificate", "pending_certificate").get(pk=device_pk)
     audit_append(kind=kind, actor=actor, serial=device.serial, client_address=client_address, data=data)
     DynamoOutbox.objects.create(serial=device.serial, version=device.version, item=device_association_item(device))
     return device

@@ -28,26 +28,33 @@ def device_revoke(*, serial: str, reason: str, actor: str) -> Device:
     if device is None:
         raise ServiceError(f"unknown serial {serial}")
     revoke_check(device)
-    certificate = device.current_certificate
-    # AWS first: once this returns the certificate no longer works, whatever happens next. Repeating it
-    # after a failure is harmless, so a retry of the whole revoke is always safe.
-    aws.certificate_revoke(
-        certificate_id=certificate.certificate_id,
-        certificate_arn=certificate.arn,
-        thing_name=certificate.thing_name,
-        policy_name=settings.CVM_IOT_POLICY_NAME,
-    )
+    certificate, pending = device.current_certificate, device.pending_certificate
+    # AWS first: once this returns the certificates no longer work, whatever happens next. Repeating it
+    # after a failure is harmless, so a retry of the whole revoke is always safe. A certificate pending
+    # in a rotation goes too: it belongs to the same device.
+    for revoked_certificate in [certificate, *([pending] if pending else [])]:
+        aws.certificate_revoke(
+            certificate_id=revoked_certificate.certificate_id,
+            certificate_arn=revoked_certificate.arn,
+            thing_name=revoked_certificate.thing_name,
+            policy_name=settings.CVM_IOT_POLICY_NAME,
+        )
     with transaction.atomic():
-        Certificate.objects.filter(pk=certificate.pk).update(
+        Certificate.objects.filter(pk__in=[c.pk for c in (certificate, pending) if c is not None]).update(
             status=CertificateStatus.REVOKED, revoked_at=timezone.now(), revoked_by=actor, revoked_reason=reason[:255]
         )
         revoked = device_transition(
             device.pk,
             action=DeviceAction.REVOKE,
-            where={"current_certificate": certificate},
+            where={"current_certificate": certificate, "pending_certificate": pending},
+            changes={"pending_certificate": None},
             kind=AuditKind.DEVICE_REVOKED,
             actor=actor,
-            data={"certificate_id": certificate.certificate_id, "reason": reason[:255]},
+            data={
+                "certificate_id": certificate.certificate_id,
+                "reason": reason[:255],
+                **({"pending_certificate_id": pending.certificate_id} if pending else {}),
+            },
         )
         if revoked is None:  # raising rolls the certificate row back with the transaction
             raise ServiceError(f"device {serial} changed while it was being revoked; look at it again before retrying")

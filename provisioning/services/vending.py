@@ -21,7 +21,8 @@ from django.utils import timezone
 from .. import aws
 from ..audit import audit_append
 from ..crypto import ValidatedCsr, amazon_root_ca_pem, certificate_fingerprint, token_matches
-from ..models import AuditKind, Certificate, Device, DeviceAction, DeviceState, KeyOrigin
+from ..models import AuditKind, Certificate, CertificateStatus, Device, DeviceAction, DeviceState, KeyOrigin
+from ..proofs import same_public_key
 from ..selectors import device_get, refusals_in_window
 from .common import DEVICE_ACTOR, SYSTEM_ACTOR, device_transition
 
@@ -60,6 +61,7 @@ class VendResult:
     iot_endpoint: str
     root_ca_pem: str
     public_key_pem: str | None = None
+    replayed: bool = False  # a lost answer given again (200), not a new certificate (201)
 
 
 def _refuse(serial: str, reason: str, client_address: str | None) -> VendRefused:
@@ -169,6 +171,10 @@ def certificate_vend(*, serial: str, token: str, csr: ValidatedCsr | None, clien
         device = device_get(serial=serial)
         assert device is not None
     reason = _refusal_reason(device, token, now)
+    if reason == "token_used" and csr is not None:
+        replayed = _replay(device, csr, client_address, now)
+        if replayed is not None:
+            return replayed
     if reason is not None:
         raise _refuse(serial, reason, client_address)
     if device.state == DeviceState.ISSUING:
@@ -193,6 +199,55 @@ def certificate_vend(*, serial: str, token: str, csr: ValidatedCsr | None, clien
         raise _refuse(serial, "token_used", client_address)
 
     return _issue_claimed(device=claimed, claim_id=claim_id, csr=csr, client_address=client_address)
+
+
+def thing_attributes(device: Device) -> dict[str, str]:
+    """The attributes a device's thing carries in AWS IoT."""
+    return {"serial": device.serial, "product": device.product.name}
+
+
+def vend_result(device: Device, certificate: Certificate, *, replayed: bool) -> VendResult:
+    """The answer for a certificate the portal already recorded (a lost answer, given again)."""
+    return VendResult(
+        serial=device.serial,
+        thing_name=certificate.thing_name,
+        certificate_id=certificate.certificate_id,
+        certificate_arn=certificate.arn,
+        certificate_pem=certificate.certificate_pem,
+        private_key_pem=None,
+        iot_endpoint=aws.iot_data_endpoint(),
+        root_ca_pem=amazon_root_ca_pem(),
+        replayed=replayed,
+    )
+
+
+def _replay(device: Device, csr: ValidatedCsr, client_address: str | None, now: datetime) -> VendResult | None:
+    """The answer a device lost, when it asks again with its used token and a CSR for the same key.
+
+    Only for the device's current certificate, still ACTIVE, issued from a CSR within
+    CVM_REPLAY_WINDOW_SECONDS: the certificate is public and useless without the CSR's private key,
+    which never left the device. A server-generated key was never stored, so that answer is gone.
+    """
+    current = device.current_certificate
+    if (
+        not device.allows(DeviceAction.REPLAY)
+        or current is None
+        or current.status != CertificateStatus.ACTIVE
+        or current.key_origin != KeyOrigin.CSR
+        or not current.certificate_pem
+        or current.issued_at < now - timedelta(seconds=settings.CVM_REPLAY_WINDOW_SECONDS)
+        or not same_public_key(current.public_key_pem, csr.public_key_pem)
+    ):
+        return None
+    with transaction.atomic():
+        audit_append(
+            kind=AuditKind.CERTIFICATE_REPLAYED,
+            actor=DEVICE_ACTOR,
+            serial=device.serial,
+            client_address=client_address,
+            data={"certificate_id": current.certificate_id},
+        )
+    return vend_result(device, current, replayed=True)
 
 
 def claim_retry_after(device: Device, now: datetime) -> int:
@@ -247,7 +302,7 @@ def _issue_claimed(
     try:
         new = aws.certificate_provision(
             thing_name=thing_name,
-            attributes={"serial": device.serial, "product": device.product.name},
+            attributes=thing_attributes(device),
             csr_pem=csr.pem if csr else None,
             policy_name=policy_name,
             known_certificate_ids=known,
@@ -271,7 +326,12 @@ def _issue_claimed(
 
     try:
         recorded = _record_issued(
-            device=device, claim_id=claim_id, new=new, key_origin=key_origin, client_address=client_address
+            device=device,
+            claim_id=claim_id,
+            new=new,
+            key_origin=key_origin,
+            client_address=client_address,
+            public_key_pem=csr.public_key_pem if csr else (new.public_key_pem or ""),
         )
     except BaseException:
         # The database could not record the certificate: withdraw it from AWS so no ACTIVE certificate
@@ -304,12 +364,24 @@ def _issue_claimed(
 
 
 def _record_issued(
-    *, device: Device, claim_id: uuid.UUID, new: aws.NewCertificate, key_origin: str, client_address: str | None
+    *,
+    device: Device,
+    claim_id: uuid.UUID,
+    new: aws.NewCertificate,
+    key_origin: str,
+    client_address: str | None,
+    public_key_pem: str,
 ) -> bool:
     now = timezone.now()
     try:
         return _record_issued_once(
-            device=device, claim_id=claim_id, new=new, key_origin=key_origin, client_address=client_address, now=now
+            device=device,
+            claim_id=claim_id,
+            new=new,
+            key_origin=key_origin,
+            client_address=client_address,
+            now=now,
+            public_key_pem=public_key_pem,
         )
     except IntegrityError:
         # Only possible when our claim was recovered and another request issued meanwhile: the device
@@ -325,9 +397,12 @@ def _record_issued_once(
     key_origin: str,
     client_address: str | None,
     now: datetime,
+    public_key_pem: str,
 ) -> bool:
     with transaction.atomic():
         certificate = Certificate.objects.create(
+            public_key_pem=public_key_pem,
+            certificate_pem=new.certificate_pem,
             device=device,
             certificate_id=new.certificate_id,
             arn=new.arn,

@@ -7,12 +7,16 @@ from django.core.management.base import CommandError
 from provisioning.anchors import anchor_write
 from provisioning.audit import audit_head
 from provisioning.mirror import PeriodicJob, outbox_backlog, outbox_drain, outbox_follow
+from provisioning.services.rotation import rotations_expire
 
 from ._base import PortalCommand
 
 
 class Command(PortalCommand):
-    help = "Push pending device changes to the DynamoDB association table; keeps running unless --once."
+    help = (
+        "Push pending device changes to the DynamoDB association table; without --once keeps running as the "
+        "portal's worker, which also rolls back expired rotations and anchors the audit log."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--once", action="store_true", help="drain everything pending now, then exit")
@@ -45,9 +49,13 @@ class Command(PortalCommand):
             raise CommandError(f"{backlog} change(s) could not be written to DynamoDB; they will be retried")
 
 
+ROTATION_EXPIRY_SECONDS = 60
+
+
 def worker_jobs() -> list[PeriodicJob]:
     """What the long-running worker does beside the mirror, as configured."""
-    jobs = []
+    # Unconfirmed rotations are rolled back within a minute of their grace period's end.
+    jobs = [PeriodicJob("expire_rotations", ROTATION_EXPIRY_SECONDS, rotations_expire)]
     if settings.CVM_AUDIT_ANCHOR_SINK:
         anchored: list[int] = []
 

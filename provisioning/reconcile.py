@@ -23,6 +23,7 @@ from .audit import audit_append
 from .models import AuditKind, Certificate, CertificateStatus, Device, DeviceAction, DeviceState
 from .selectors import device_association_item
 from .services import claim_is_stale, claim_recover, device_transition
+from .services.rotation import rotation_claim_recover, rotation_complete, rotation_rollback
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,53 @@ def _record_lost_certificate(device: Device, certificate: Certificate, why: str)
     return repair
 
 
+def _check_repaired(done: bool) -> None:
+    if not done:
+        raise RuntimeError("the device changed meanwhile; run reconcile again")
+
+
+def _usable_certificate_differences(
+    device: Device,
+    certificate: Certificate,
+    info: aws.CertificateInfo,
+    on_thing: dict[str, aws.CertificateInfo],
+    policy_targets: set[str],
+) -> list[Difference]:
+    """What keeps a certificate the device should be able to use (its current one, or the one pending in a
+    rotation) from working: not ACTIVE, not attached to the thing, or without the policy."""
+    serial, thing_name, policy = device.serial, device.thing_name, settings.CVM_IOT_POLICY_NAME
+    role = "active" if certificate.status == CertificateStatus.ACTIVE else "pending"
+    differences = []
+    if info.status != "ACTIVE":
+        differences.append(
+            Difference(
+                serial,
+                f"{role}_certificate_inactive",
+                f"{certificate.certificate_id} is {info.status} in AWS IoT; it will be activated",
+                lambda: aws.certificate_activate(certificate_id=certificate.certificate_id),
+            )
+        )
+    if certificate.certificate_id not in on_thing:
+        differences.append(
+            Difference(
+                serial,
+                "certificate_detached",
+                f"{certificate.certificate_id} is not attached to thing {thing_name}",
+                lambda: aws.thing_attach(thing_name=thing_name, certificate_arn=certificate.arn),
+            )
+        )
+    if certificate.arn not in policy_targets:
+        differences.append(
+            Difference(
+                serial,
+                "policy_detached",
+                f"policy {policy} is not attached to {certificate.certificate_id}",
+                lambda: aws.policy_attach(policy_name=policy, certificate_arn=certificate.arn),
+            )
+        )
+    return differences
+
+
 def _device_iot_differences(device: Device, policy_targets: set[str]) -> list[Difference]:
     serial = device.serial
     thing_name = device.thing_name
@@ -165,48 +213,60 @@ def _device_iot_differences(device: Device, policy_targets: set[str]) -> list[Di
                 )
             )
 
-    if current is not None:
-        info = on_thing.get(current.certificate_id) or aws.certificate_describe(certificate_id=current.certificate_id)
-        if info is None or info.status == "REVOKED":
-            why = "reconcile: certificate " + ("missing from" if info is None else "REVOKED in") + " AWS IoT"
-            differences.append(
-                Difference(
-                    serial,
-                    "active_certificate_lost",
-                    f"{current.certificate_id} is active in the database "
-                    f"but {'missing' if info is None else 'REVOKED'} in AWS IoT; the device will be recorded "
-                    "as revoked and needs a reset",
-                    _record_lost_certificate(device, current, why),
-                )
+    pending = device.pending_certificate if current is not None else None
+    infos = {
+        certificate.certificate_id: on_thing.get(certificate.certificate_id)
+        or aws.certificate_describe(certificate_id=certificate.certificate_id)
+        for certificate in (current, pending)
+        if certificate is not None
+    }
+    usable = {cid for cid, info in infos.items() if info is not None and info.status != "REVOKED"}
+
+    if current is not None and current.certificate_id not in usable and pending and pending.certificate_id in usable:
+        # A confirmation stopped between revoking the old certificate in AWS and recording it.
+        differences.append(
+            Difference(
+                serial,
+                "rotation_half_confirmed",
+                f"{current.certificate_id} is revoked in AWS IoT while its rotation to {pending.certificate_id} "
+                "is pending; the rotation will be completed",
+                lambda: _check_repaired(rotation_complete(device=device, actor="reconcile")),
             )
-        else:
-            if info.status != "ACTIVE":
-                differences.append(
-                    Difference(
-                        serial,
-                        "active_certificate_inactive",
-                        f"{current.certificate_id} is {info.status} in AWS IoT; it will be activated",
-                        lambda: aws.certificate_activate(certificate_id=current.certificate_id),
-                    )
-                )
-            if current.certificate_id not in on_thing:
-                differences.append(
-                    Difference(
-                        serial,
-                        "certificate_detached",
-                        f"{current.certificate_id} is not attached to thing {thing_name}",
-                        lambda: aws.thing_attach(thing_name=thing_name, certificate_arn=current.arn),
-                    )
-                )
-            if current.arn not in policy_targets:
-                differences.append(
-                    Difference(
-                        serial,
-                        "policy_detached",
-                        f"policy {policy} is not attached to {current.certificate_id}",
-                        lambda: aws.policy_attach(policy_name=policy, certificate_arn=current.arn),
-                    )
-                )
+        )
+        return differences
+    if pending is not None and pending.certificate_id not in usable:
+        differences.append(
+            Difference(
+                serial,
+                "pending_certificate_lost",
+                f"{pending.certificate_id}, pending in a rotation, is missing or REVOKED in AWS IoT; the rotation "
+                "will be rolled back",
+                lambda: _check_repaired(
+                    rotation_rollback(device=device, actor="reconcile", reason="reconcile: lost in AWS IoT")
+                ),
+            )
+        )
+        pending = None
+    if current is not None and current.certificate_id not in usable:
+        info = infos[current.certificate_id]
+        why = "reconcile: certificate " + ("missing from" if info is None else "REVOKED in") + " AWS IoT"
+        differences.append(
+            Difference(
+                serial,
+                "active_certificate_lost",
+                f"{current.certificate_id} is active in the database "
+                f"but {'missing' if info is None else 'REVOKED'} in AWS IoT; the device will be recorded "
+                "as revoked and needs a reset",
+                _record_lost_certificate(device, current, why),
+            )
+        )
+        current = None
+    for certificate in (c for c in (current, pending) if c is not None):
+        differences.extend(
+            _usable_certificate_differences(
+                device, certificate, infos[certificate.certificate_id], on_thing, policy_targets
+            )
+        )
     for certificate in known.values():
         if certificate.status == CertificateStatus.REVOKED and certificate.arn in policy_targets:
             differences.append(
@@ -221,6 +281,15 @@ def _device_iot_differences(device: Device, policy_targets: set[str]) -> list[Di
 
 
 def _claim_differences(device: Device) -> list[Difference]:
+    if device.state == DeviceState.ACTIVE and device.claim_id is not None and claim_is_stale(device, timezone.now()):
+        return [
+            Difference(
+                device.serial,
+                "stale_rotation_claim",
+                "a rotation step died while talking to AWS IoT; what it created will be removed",
+                lambda: _check_repaired(rotation_claim_recover(device=device, actor="reconcile")),
+            )
+        ]
     if not device.allows(DeviceAction.RECOVER) or not claim_is_stale(device, timezone.now()):
         return []
     return [

@@ -376,3 +376,65 @@ def test_the_vend_url_still_refuses_a_rotated_device_token(api, aws_mock, provis
     confirm(api, device.serial, new_key)
 
     assert api.post(VEND_URL, {"serial": device.serial, "token": device.token}, format="json").status_code == 403
+
+
+# --- reconcile knows the two-certificate state ---------------------------------------------------------
+
+
+def _reconcile() -> list[str]:
+    from provisioning.reconcile import reconcile_find, reconcile_fix
+
+    differences = reconcile_find()
+    assert all(result.error is None for result in reconcile_fix(differences)), differences
+    return [d.kind for d in differences if d.serial.startswith("SN-ROT")]
+
+
+def test_a_pending_rotation_is_no_difference(api, aws_mock, provisioned):
+    device, key, _, _ = provisioned()
+    rotate(api, device.serial, key)
+    call_command("sync_dynamodb", "--once", stdout=open("/dev/null", "w"))  # noqa: SIM115
+
+    from provisioning.reconcile import reconcile_find
+
+    assert [d for d in reconcile_find() if d.serial == device.serial] == []
+
+
+def test_reconcile_completes_a_confirmation_that_stopped_half_way(api, aws_mock, provisioned):
+    device, key, _, first = provisioned()
+    started, _, _ = rotate(api, device.serial, key)
+    # The confirm revoked the old certificate in AWS, then the process died before recording it.
+    aws_mock.iot.update_certificate(certificateId=first["certificate_id"], newStatus="REVOKED")
+
+    assert "rotation_half_confirmed" in _reconcile()
+
+    record = Device.objects.get(serial=device.serial)
+    assert record.current_certificate.certificate_id == started.json()["certificate_id"]
+    assert record.pending_certificate is None
+    assert record.state == DeviceState.ACTIVE
+
+
+def test_reconcile_rolls_back_a_pending_certificate_lost_in_aws(api, aws_mock, provisioned):
+    device, key, _, first = provisioned()
+    started, _, _ = rotate(api, device.serial, key)
+    aws_mock.iot.update_certificate(certificateId=started.json()["certificate_id"], newStatus="REVOKED")
+
+    assert "pending_certificate_lost" in _reconcile()
+
+    record = Device.objects.get(serial=device.serial)
+    assert record.current_certificate.certificate_id == first["certificate_id"]
+    assert record.pending_certificate is None
+
+
+def test_reconcile_releases_a_rotation_claim_left_by_a_dead_process(api, aws_mock, provisioned):
+    device, _, _, first = provisioned()
+    Device.objects.filter(serial=device.serial).update(
+        claim_id=uuid.uuid4(), claimed_at=timezone.now() - timedelta(hours=1)
+    )
+    leftover = aws_mock.iot.create_keys_and_certificate(setAsActive=True)
+    aws_mock.iot.attach_thing_principal(thingName=device.serial, principal=leftover["certificateArn"])
+
+    kinds = _reconcile()
+
+    assert "stale_rotation_claim" in kinds
+    assert Device.objects.get(serial=device.serial).claim_id is None
+    assert {cid for cid, s in statuses(aws_mock).items() if s == "ACTIVE"} == {first["certificate_id"]}

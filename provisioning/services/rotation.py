@@ -361,14 +361,26 @@ def rotation_confirm(*, serial: str, proof: str, client_address: str | None) -> 
     if not _jti_spend(device, claims.jti, now):
         raise _refuse(serial, "jti_reused", client_address)
 
+    confirmed = _confirm(device, actor=DEVICE_ACTOR, client_address=client_address)
+    if confirmed is None:
+        # Staff revoked the device meanwhile (a revoke does not wait for the claim): nothing to confirm.
+        raise _refuse(serial, "changed_meanwhile", client_address)
+    return confirmed
+
+
+def _confirm(device: Device, *, actor: str, client_address: str | None) -> ConfirmResult | None:
+    """Revoke and detach the current certificate in AWS, then make the pending one current in the database."""
+    current, pending = device.current_certificate, device.pending_certificate
+    assert current is not None
+    assert pending is not None
     claim_id = uuid.uuid4()
     _claim(
         device,
         claim_id,
-        now,
+        timezone.now(),
         action=DeviceAction.CONFIRM,
         kind=AuditKind.ROTATION_STEP_STARTED,
-        actor=DEVICE_ACTOR,
+        actor=actor,
         client_address=client_address,
         data={"step": "confirm", "certificate_id": pending.certificate_id},
     )
@@ -381,12 +393,13 @@ def rotation_confirm(*, serial: str, proof: str, client_address: str | None) -> 
             policy_name=settings.CVM_IOT_POLICY_NAME,
         )
     except aws.AwsError as exc:
-        _release(device, claim_id, client_address=client_address, step="confirm", code=exc.code)
+        _release(device, claim_id, client_address=client_address, actor=actor, step="confirm", code=exc.code)
         raise VendRetryLater(503, exc.retry_after, "AWS IoT is unavailable; nothing changed, retry later") from None
+    now = timezone.now()
     with transaction.atomic():
         # The old one first: the database allows one ACTIVE certificate per device at any moment.
         Certificate.objects.filter(pk=current.pk).update(
-            status=CertificateStatus.REVOKED, revoked_at=now, revoked_by=DEVICE_ACTOR, revoked_reason="rotated"
+            status=CertificateStatus.REVOKED, revoked_at=now, revoked_by=actor, revoked_reason="rotated"
         )
         Certificate.objects.filter(pk=pending.pk).update(status=CertificateStatus.ACTIVE)
         confirmed = device_transition(
@@ -395,17 +408,22 @@ def rotation_confirm(*, serial: str, proof: str, client_address: str | None) -> 
             where={"claim_id": claim_id, "current_certificate": current, "pending_certificate": pending},
             changes={"current_certificate": pending, "pending_certificate": None, "claim_id": None, "claimed_at": None},
             kind=AuditKind.ROTATION_CONFIRMED,
-            actor=DEVICE_ACTOR,
+            actor=actor,
             client_address=client_address,
             data={"certificate_id": pending.certificate_id, "revoked_certificate_id": current.certificate_id},
         )
         if confirmed is None:
             transaction.set_rollback(True)
-    if confirmed is None:
-        # Staff revoked the device meanwhile (a revoke does not wait for the claim): nothing to confirm.
-        raise _refuse(serial, "changed_meanwhile", client_address)
+            return None
     metrics.ROTATIONS.labels("confirmed").inc()
-    return ConfirmResult(serial, pending.certificate_id, current.certificate_id)
+    return ConfirmResult(device.serial, pending.certificate_id, current.certificate_id)
+
+
+def rotation_complete(*, device: Device, actor: str) -> bool:
+    """Finish a confirmation that stopped half-way (the old certificate already REVOKED in AWS): reconcile."""
+    if device.pending_certificate is None or device.current_certificate is None:
+        return False
+    return _confirm(device, actor=actor, client_address=None) is not None
 
 
 def rotation_rollback(*, device: Device, actor: str, reason: str) -> bool:

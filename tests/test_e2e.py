@@ -200,6 +200,55 @@ def test_device_client_provisions_over_https(portal, tmp_path, serial, extra):
     assert '{"detail":"invalid serial or token"}' in again.stderr
 
 
+def test_a_lost_answer_is_recovered_by_running_the_client_again(portal, tmp_path):
+    serial = "E2E-LOST"
+    token = portal.issue_token(serial)
+    out = tmp_path / "device"
+    assert run_client(portal, serial, token, out).returncode == 0
+    first = (out / "certificate.pem").read_text()
+    (out / "certificate.pem").unlink()  # the answer never arrived; the key was already on disk
+
+    again = run_client(portal, serial, token, out)
+
+    assert again.returncode == 0, again.stderr
+    assert (out / "certificate.pem").read_text() == first
+    assert len(portal.iot().list_thing_principals(thingName=serial)["principals"]) == 1
+
+
+def test_the_client_rotates_a_device_and_the_old_certificate_is_revoked(portal, tmp_path):
+    serial = "E2E-ROTATE"
+    out = tmp_path / "device"
+    assert run_client(portal, serial, portal.issue_token(serial), out).returncode == 0
+    old_certificate = (out / "certificate.pem").read_text()
+    old_key = (out / "private.key").read_text()
+
+    result = subprocess.run(
+        [
+            PYTHON, str(ROOT / "client" / "cvm_client.py"), "rotate", "--url", portal.url, "--ca", str(portal.ca),
+            "--serial", serial, "--out", str(out),
+        ],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert (out / "previous-certificate.pem").read_text() == old_certificate
+    assert (out / "previous-private.key").read_text() == old_key
+    assert (out / "private.key").read_text() != old_key
+    assert not (out / "pending-private.key").exists()
+    iot = portal.iot()
+    statuses = {
+        iot.describe_certificate(certificateId=c["certificateId"])["certificateDescription"][
+            "certificatePem"
+        ].strip(): c["status"]
+        for c in iot.list_certificates()["certificates"]
+    }
+    assert statuses[old_certificate.strip()] == "REVOKED"
+    assert statuses[(out / "certificate.pem").read_text().strip()] == "ACTIVE"
+    principals = iot.list_thing_principals(thingName=serial)["principals"]
+    assert len(principals) == 1, "only the new certificate is attached"
+    portal.secrets_seen.extend([old_key, (out / "private.key").read_text()])
+
+
 def test_client_refuses_a_portal_it_cannot_verify(portal, tmp_path):
     other_ca = ensure_tls(tmp_path / "other").ca_cert
     token_file = portal.write("unverified.token", "whatever")
@@ -212,7 +261,7 @@ def test_client_refuses_a_portal_it_cannot_verify(portal, tmp_path):
     )  # fmt: skip
     assert result.returncode == 2
     assert "could not be verified" in result.stderr
-    assert not (tmp_path / "x").exists()
+    assert not (tmp_path / "x" / "certificate.pem").exists()
 
 
 def test_racing_requests_across_worker_processes_issue_one_certificate(portal):

@@ -1,4 +1,4 @@
-"""Request log, body limit and cache headers for the device API."""
+"""Request log, request charset, body limit, cache headers and JSON errors for the device API."""
 
 from __future__ import annotations
 
@@ -72,14 +72,47 @@ class RequestLogMiddleware:
 DEVICE_PATHS = ("/api/", "/getcert")
 
 
+def is_device_path(path: str) -> bool:
+    """Paths that machines call: every answer there is JSON."""
+    return path == "/api" or path.startswith(DEVICE_PATHS)
+
+
+def _is_json(response: HttpResponse) -> bool:
+    media_type = response.get("Content-Type", "").split(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def json_error(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    """The same status as `response`, with a JSON body instead of Django's HTML page.
+
+    Django answers an unknown path, a 405 from a plain view or an error raised outside DRF with an HTML
+    page (with DEBUG on, one that lists every URL pattern or a traceback); a device parses JSON only.
+    """
+    status = response.status_code
+    if status == 404:
+        detail = "not found"
+    elif status == 405:
+        detail = f"method {request.method} not allowed"
+    elif status >= 500:
+        detail = "internal error"
+    else:
+        detail = response.reason_phrase.lower()
+    replacement = JsonResponse({"detail": detail}, status=status)
+    for header in ("Allow", "Retry-After", "Vary"):
+        if header in response:
+            replacement[header] = response[header]
+    return replacement
+
+
 class ApiGuardMiddleware:
-    """For device paths: refuse bodies over the limit before anything reads them, and forbid caching."""
+    """For device paths: refuse bodies over the limit before anything reads them, forbid caching, and
+    make sure every error is JSON, whichever layer produced it."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if not request.path.startswith(DEVICE_PATHS):
+        if not is_device_path(request.path):
             return self.get_response(request)
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -92,5 +125,8 @@ class ApiGuardMiddleware:
             )
         else:
             response = self.get_response(request)
+        # Successful non-JSON answers are the OpenAPI document and its browsable page, on purpose.
+        if response.status_code >= 400 and not _is_json(response):
+            response = json_error(request, response)
         add_never_cache_headers(response)
         return response

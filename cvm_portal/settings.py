@@ -58,6 +58,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "provisioning.middleware.RequestLogMiddleware",
+    # Before anything that could read the body or query string: a charset that is not text is a 400.
+    "provisioning.middleware.RequestCharsetMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "provisioning.middleware.ApiGuardMiddleware",

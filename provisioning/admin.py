@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import secrets
 from collections.abc import Iterator
 from typing import Any
 
 from django import forms
+from django.apps import apps
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.exceptions import DisallowedModelAdminLookup, DisallowedModelAdminToField
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ChangeList
+from django.contrib.admin.widgets import url_params_from_lookup_dict
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection
@@ -74,6 +80,143 @@ def confirmation_consume(request: HttpRequest) -> bool:
     return True
 
 
+# --- Changelist URLs ------------------------------------------------------------------------------
+
+
+class ChangelistRefused(Exception):
+    """A changelist URL asked for something the list does not offer; the message says what."""
+
+
+class DeclaredFiltersChangeList(ChangeList):
+    """A changelist whose URL may use the list's declared filters, search, ordering and paging only.
+
+    Django applies every other parameter as a queryset lookup, and its `lookup_allowed` passes any
+    lookup on the model's own fields: `?serial__regex=(.*[0-9]){4}Q` runs a backtracking regular
+    expression over every row, `?token_digest__startswith=ab` reveals a digest prefix by prefix, and
+    `?data__contains=x` fails with a 500 on SQLite. Here a parameter that no declared filter consumed
+    is refused, as is a value a declared filter cannot use, with a 400 that says so.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)
+        except (DisallowedModelAdminLookup, DisallowedModelAdminToField) as exc:
+            raise ChangelistRefused(str(exc)) from exc
+        except IncorrectLookupParameters as exc:
+            # Django would redirect to "?e=1" and drop every filter without saying which was wrong.
+            raise ChangelistRefused(f"A filter value this list cannot use: {str(exc)[:200]}") from exc
+
+    def get_filters_params(self, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        lookup_params = super().get_filters_params(params)
+        # The filters a change form preserves for its way back to the list; never a lookup here.
+        lookup_params.pop("_changelist_filters", None)
+        return lookup_params
+
+    def get_filters(self, request: HttpRequest) -> tuple[Any, ...]:
+        requested = self.get_filters_params()
+        result = super().get_filters(request)
+        remaining = result[2]  # what the declared filters left: Django would apply it as lookups
+        undeclared = sorted(
+            key for key in remaining if key in requested and not self._made_by_the_admin(key, requested)
+        )
+        if undeclared:
+            raise ChangelistRefused(f"This list cannot be filtered by {', '.join(undeclared)}.")
+        return result
+
+    def _made_by_the_admin(self, key: str, requested: dict[str, list[str]]) -> bool:
+        hierarchy = self.date_hierarchy
+        if hierarchy and key in (f"{hierarchy}__gte", f"{hierarchy}__lt") and f"{hierarchy}__year" in requested:
+            return True  # the date hierarchy turns its year/month/day into this range itself
+        # A raw-id widget's popup narrows the list by the foreign key's limit_choices_to.
+        for fk_lookup in self.model._meta.related_fkey_lookups:
+            allowed = url_params_from_lookup_dict(fk_lookup() if callable(fk_lookup) else fk_lookup)
+            if all(allowed.get(key) == value for value in requested[key]):
+                return True
+        return False
+
+
+@functools.cache
+def _declared_filters_only(changelist_class: type[ChangeList]) -> type[ChangeList]:
+    if issubclass(changelist_class, DeclaredFiltersChangeList):
+        return changelist_class
+    return type(f"DeclaredFilters{changelist_class.__name__}", (DeclaredFiltersChangeList, changelist_class), {})
+
+
+class DeclaredLookupsOnly:
+    """Every changelist of the portal: its URL accepts declared filters, search, ordering and paging only.
+
+    Anything else is a 400 naming the parameter, on the list and on its CSV export alike.
+    """
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return _declared_filters_only(super().get_changelist(request, **kwargs))
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        try:
+            return super().changelist_view(request, extra_context)
+        except ChangelistRefused as exc:
+            return self.changelist_refused(request, exc)
+
+    def changelist_refused(self, request: HttpRequest, exc: ChangelistRefused) -> TemplateResponse:
+        opts = self.model._meta
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": opts,
+            "title": "This list cannot show that",
+            "reason": str(exc),
+            "changelist_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
+        }
+        return TemplateResponse(request, "admin/changelist_refused.html", context, status=400)
+
+
+def declared_lookups_everywhere(site: admin.AdminSite) -> None:
+    """Give every registered admin the rule, Django's users and groups and third-party apps' included.
+
+    Called once every app's admin module has registered its models (PortalAdminConfig.ready).
+    """
+    for model in apps.get_models():
+        if not site.is_registered(model):
+            continue
+        model_admin = site.get_model_admin(model)
+        if isinstance(model_admin, DeclaredLookupsOnly):
+            continue
+        original = type(model_admin)
+        site.unregister(model)
+        site.register(model, type(original.__name__, (DeclaredLookupsOnly, original), {}))
+
+
+class ExactValueFilter(admin.FieldListFilter):
+    """One exact value of an indexed field, as the portal's own links ask for it (`?serial=SN-1`).
+
+    Lists no choices (on a million rows that would read them all); while in use it shows its value with
+    a way back to the whole list, otherwise nothing.
+    """
+
+    template = "admin/exact_value_filter.html"
+
+    def __init__(self, field: Any, request: HttpRequest, params: dict, model: Any, model_admin: Any, field_path: str):
+        self.lookup_kwarg = field_path
+        super().__init__(field, request, params, model, model_admin, field_path)
+        self.title = field_path.replace("__", " ")
+
+    def expected_parameters(self) -> list[str]:
+        return [self.lookup_kwarg]
+
+    def choices(self, changelist: ChangeList) -> Iterator[dict[str, Any]]:
+        values = self.used_parameters.get(self.lookup_kwarg, [])
+        yield {
+            "selected": not values,
+            "query_string": changelist.get_query_string(remove=[self.lookup_kwarg]),
+            "display": "All",
+        }
+        for value in values:
+            yield {"selected": True, "query_string": changelist.get_query_string(), "display": value}
+
+
+class PortalModelAdmin(DeclaredLookupsOnly, admin.ModelAdmin):
+    pass
+
+
 class Echo:
     """A write-only file for csv.writer that hands each line straight to the streaming response."""
 
@@ -106,10 +249,13 @@ class CsvExportMixin:
         extra_context = {**(extra_context or {}), "can_export": self.can_export(request)}
         return super().changelist_view(request, extra_context)
 
-    def export_view(self, request: HttpRequest) -> StreamingHttpResponse:
+    def export_view(self, request: HttpRequest) -> HttpResponse:
         if not self.can_export(request):
             raise PermissionDenied
-        changelist = self.get_changelist_instance(request)
+        try:
+            changelist = self.get_changelist_instance(request)
+        except ChangelistRefused as exc:
+            return self.changelist_refused(request, exc)  # type: ignore[attr-defined]
         queryset = changelist.get_queryset(request)
         writer = csv.writer(Echo())
 
@@ -153,11 +299,13 @@ class LargeTablePaginator(Paginator):
         return model._default_manager.aggregate(highest=Max("pk"))["highest"] or 0
 
 
-class BigListAdmin(admin.ModelAdmin):
+class BigListAdmin(PortalModelAdmin):
     """Changelists that stay fast on millions of rows (no full count, estimated pagination)."""
 
     paginator = LargeTablePaginator
     show_full_result_count = False
+    # Facet counts ("?_facets") count every filter choice over the whole filtered table.
+    show_facets = admin.ShowFacets.NEVER
     list_per_page = 100
 
 
@@ -182,7 +330,7 @@ class ReadOnlyAdmin(NoEditing, BigListAdmin):
 
 
 @admin.register(Product)
-class ProductAdmin(admin.ModelAdmin):
+class ProductAdmin(PortalModelAdmin):
     list_display = ["name", "description", "created_at"]
     search_fields = ["name"]
     fields = ["name", "description"]
@@ -290,7 +438,9 @@ class DeviceAdmin(CsvExportMixin, BigListAdmin):
 
     @admin.display(description="history")
     def history_links(self, obj: Device) -> str:
-        certificates = reverse("admin:provisioning_certificate_changelist") + "?" + urlencode({"device__exact": obj.pk})
+        certificates = (
+            reverse("admin:provisioning_certificate_changelist") + "?" + urlencode({"device__serial": obj.serial})
+        )
         events = reverse("admin:provisioning_auditevent_changelist") + "?" + urlencode({"serial": obj.serial})
         return format_html('<a href="{}">certificates</a> · <a href="{}">audit events</a>', certificates, events)
 
@@ -599,7 +749,13 @@ class CertificateAdmin(CsvExportMixin, ReadOnlyAdmin):
         "revoked_by",
         "revoked_reason",
     ]
-    list_filter = ["status", "key_origin", "device__product", ("issued_at", admin.DateFieldListFilter)]
+    list_filter = [
+        "status",
+        "key_origin",
+        "device__product",
+        ("issued_at", admin.DateFieldListFilter),
+        ("device__serial", ExactValueFilter),  # the device page's "certificates" link
+    ]
     search_fields = ["=certificate_id", "=fingerprint_sha256", "=device__serial", "=revoked_by"]
     list_select_related = ["device"]
     fields = [
@@ -648,7 +804,11 @@ class CertificateAdmin(CsvExportMixin, ReadOnlyAdmin):
 @admin.register(AuditEvent)
 class AuditEventAdmin(CsvExportMixin, ReadOnlyAdmin):
     list_display = ["seq", "created_at", "kind", "serial_link", "actor", "client_address", "summary"]
-    list_filter = ["kind", ("created_at", admin.DateFieldListFilter)]
+    list_filter = [
+        "kind",
+        ("created_at", admin.DateFieldListFilter),
+        ("serial", ExactValueFilter),  # the "audit events" links of devices and events
+    ]
     search_fields = ["=serial", "=actor", "=client_address"]
     ordering = ["-seq"]
     fields = ["seq", "created_at", "kind", "actor", "serial", "client_address", "data", "prev_hash", "hash"]

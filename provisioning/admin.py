@@ -31,27 +31,28 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, Streami
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from .models import AuditEvent, Certificate, Device, DeviceState, DynamoOutbox, Product
+from .imports import import_batch_confirm, import_batch_create
+from .models import AuditEvent, Certificate, Device, DeviceState, DynamoOutbox, ImportBatch, ImportState, Product
 from .services import (
     ImportInvalid,
     IssuedToken,
     ServiceError,
     device_register,
-    devices_import,
     devices_reset,
     devices_revoke,
-    serials_parse_csv,
     tokens_issue,
 )
 from .tokenfiles import tokens_csv
 from .validators import SERIAL_RE
 
-MAX_IMPORT_BYTES = 20 * 1024 * 1024
+# A million serials with a product column is about 25 MB; the file is kept until it is imported.
+MAX_IMPORT_BYTES = 64 * 1024 * 1024
 
 
 def actor_of(request: HttpRequest) -> str:
@@ -490,6 +491,11 @@ class DeviceAdmin(CsvExportMixin, BigListAdmin):
     def get_urls(self):
         return [
             path("import/", self.admin_site.admin_view(self.import_view), name="provisioning_device_import"),
+            path(
+                "import/<uuid:batch_id>/",
+                self.admin_site.admin_view(self.import_batch_view),
+                name="provisioning_device_import_batch",
+            ),
             path("<int:pk>/revoke/", self.admin_site.admin_view(self.revoke_view), name="provisioning_device_revoke"),
             path("<int:pk>/reset/", self.admin_site.admin_view(self.reset_view), name="provisioning_device_reset"),
             *super().get_urls(),
@@ -514,26 +520,10 @@ class DeviceAdmin(CsvExportMixin, BigListAdmin):
     # --- Import -------------------------------------------------------------------------------
 
     def import_view(self, request: HttpRequest) -> HttpResponse:
-        """Upload, preview (what will be added, what is known, what is wrong), confirm."""
+        """Upload: the file is checked and kept on the server; its page previews it and confirms it."""
         if not self.has_import_devices_permission(request):
             raise PermissionDenied
         context: dict[str, Any] = {**self.admin_site.each_context(request), "opts": self.model._meta}
-        if request.method == "POST" and "confirm" in request.POST:
-            text = request.POST.get("csv_text", "")
-            product = request.POST.get("product") or None
-            try:
-                rows = serials_parse_csv(text, default_product=product)
-            except ImportInvalid as exc:
-                self.message_user(request, str(exc), messages.ERROR)
-                return HttpResponseRedirect(reverse("admin:provisioning_device_import"))
-            report = devices_import(rows=rows, actor=actor_of(request))
-            self.message_user(
-                request,
-                f"Imported {report.created} new serial(s); {report.already_known} already known; "
-                f"{report.products_created} new product(s).",
-                messages.SUCCESS,
-            )
-            return HttpResponseRedirect(reverse("admin:provisioning_device_changelist"))
         form = ImportForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
             upload = form.cleaned_data["file"]
@@ -541,36 +531,48 @@ class DeviceAdmin(CsvExportMixin, BigListAdmin):
                 form.add_error("file", f"the file is larger than {MAX_IMPORT_BYTES // (1024 * 1024)} MiB")
             else:
                 try:
-                    text = upload.read().decode("utf-8-sig")
-                except UnicodeDecodeError:
-                    form.add_error("file", "the file is not UTF-8 text")
+                    batch = import_batch_create(
+                        file_name=upload.name,
+                        content=upload.read(),
+                        default_product=form.cleaned_data["product"] or None,
+                        actor=actor_of(request),
+                    )
+                except ImportInvalid as exc:
+                    context["errors"] = exc.errors
+                except ServiceError as exc:
+                    form.add_error("file", str(exc))
                 else:
-                    context.update(self._import_preview(text, form.cleaned_data["product"] or None))
+                    return HttpResponseRedirect(reverse("admin:provisioning_device_import_batch", args=[batch.pk]))
         context["form"] = form
         context["title"] = "Import serials"
+        context["recent"] = ImportBatch.objects.defer("content", "preview")[:10]
         return TemplateResponse(request, "admin/provisioning/device/import.html", context)
 
-    @staticmethod
-    def _import_preview(text: str, product: str | None) -> dict[str, Any]:
-        try:
-            rows = serials_parse_csv(text, default_product=product)
-        except ImportInvalid as exc:
-            return {"errors": exc.errors, "csv_text": None}
-        known = set()
-        serials = [row.serial for row in rows]
-        for start in range(0, len(serials), 900):
-            known.update(
-                Device.objects.filter(serial__in=serials[start : start + 900]).values_list("serial", flat=True)
-            )
-        new = [row for row in rows if row.serial not in known]
-        return {
-            "errors": [],
-            "csv_text": text,
-            "product": product or "",
-            "new_rows": new[:200],
-            "new_count": len(new),
-            "known_count": len(known),
+    def import_batch_view(self, request: HttpRequest, batch_id: Any) -> HttpResponse:
+        """One upload: its preview and the confirmation (which posts nothing but the batch's address),
+        then the import's progress, refreshed until the worker is done."""
+        if not self.has_import_devices_permission(request):
+            raise PermissionDenied
+        batch = get_object_or_404(ImportBatch.objects.defer("content"), pk=batch_id)
+        if request.method == "POST" and "confirm" in request.POST:
+            if import_batch_confirm(batch_id=batch.pk, actor=actor_of(request)):
+                self.message_user(request, f"Import of {batch.new_count} new serial(s) queued.", messages.SUCCESS)
+            else:
+                already = "This import was already confirmed or has expired; nothing was done again."
+                self.message_user(request, already, messages.WARNING)
+            return HttpResponseRedirect(request.path)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"Import {batch.file_name}",
+            "batch": batch,
+            "states": ImportState,
+            "now": timezone.now(),
+            "running": batch.state in (ImportState.QUEUED, ImportState.IMPORTING),
         }
+        response = TemplateResponse(request, "admin/provisioning/device/import_batch.html", context)
+        add_never_cache_headers(response)
+        return response
 
     # --- Tokens -------------------------------------------------------------------------------
 

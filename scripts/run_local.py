@@ -143,6 +143,8 @@ class Launcher:
         self.manage("bootstrap_aws")
         self.manage("ensure_admin")
         self.start("DynamoDB sync", [PYTHON, "manage.py", "sync_dynamodb"])
+        # Imports confirmed in the admin run here, off the web request (a million rows take a minute).
+        self.start("import worker", [PYTHON, "manage.py", "run_imports"])
         portal = self.start(
             "portal",
             [

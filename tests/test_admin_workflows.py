@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from provisioning import aws
 from provisioning.crypto import token_digest
+from provisioning.imports import imports_run_pending
 from provisioning.models import AuditEvent, AuditKind, Certificate, CertificateStatus, Device, DeviceState
 
 from .conftest import _Raw, vend
@@ -38,16 +39,16 @@ def test_factory_imports_a_csv_with_preview_then_confirm(as_user, factory_user, 
     client = as_user(factory_user)
     upload = SimpleUploadedFile("s.csv", b"serial,product\nSN-A,meter\nSN-B,\nSN-KNOWN,\n", content_type="text/csv")
 
-    preview = client.post(url("device_import"), {"file": upload, "product": "sensor"})
+    uploaded = client.post(url("device_import"), {"file": upload, "product": "sensor"})
+    preview = client.get(uploaded["Location"])
 
     assert preview.status_code == 200
     html = preview.content.decode()
     assert "<strong>2</strong> new serial(s) will be registered; 1 already known" in html
     assert not Device.objects.filter(serial="SN-A").exists(), "nothing is imported before confirmation"
 
-    confirmed = client.post(
-        url("device_import"), {"confirm": "1", "csv_text": preview.context["csv_text"], "product": "sensor"}
-    )
+    confirmed = client.post(uploaded["Location"], {"confirm": "1"})
+    imports_run_pending()
 
     assert confirmed.status_code == 302
     assert dict(Device.objects.filter(serial__in=["SN-A", "SN-B"]).values_list("serial", "product__name")) == {
@@ -55,6 +56,7 @@ def test_factory_imports_a_csv_with_preview_then_confirm(as_user, factory_user, 
         "SN-B": "sensor",
     }
     assert AuditEvent.objects.filter(kind=AuditKind.SERIALS_IMPORTED, actor="staff:fiona").exists()
+    assert "Imported 2 new serial(s); 1 already known" in client.get(uploaded["Location"]).content.decode()
 
 
 def test_import_with_bad_rows_lists_them_and_imports_nothing(as_user, factory_user):

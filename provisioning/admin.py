@@ -561,14 +561,21 @@ class DeviceAdmin(CsvExportMixin, BigListAdmin):
                 already = "This import was already confirmed or has expired; nothing was done again."
                 self.message_user(request, already, messages.WARNING)
             return HttpResponseRedirect(request.path)
+        now = timezone.now()
+
+        def seconds_since(moment: Any) -> int | None:
+            return None if moment is None else max(0, round(((batch.finished_at or now) - moment).total_seconds()))
+
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "title": f"Import {batch.file_name}",
             "batch": batch,
             "states": ImportState,
-            "now": timezone.now(),
             "running": batch.state in (ImportState.QUEUED, ImportState.IMPORTING),
+            "waiting_seconds": seconds_since(batch.confirmed_at),
+            "reading_seconds": seconds_since(batch.started_at),
+            "writing_seconds": seconds_since(batch.writing_started_at),
         }
         response = TemplateResponse(request, "admin/provisioning/device/import_batch.html", context)
         add_never_cache_headers(response)

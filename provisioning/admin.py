@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import csv
 import functools
+import hashlib
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -60,6 +61,8 @@ def actor_of(request: HttpRequest) -> str:
 
 
 NONCES_KEY = "cvm_confirmations"
+# A confirmation page lists this many devices; a selection of a million is summed up, not printed.
+CONFIRM_LIST_ROWS = 200
 
 
 def confirmation_nonce(request: HttpRequest) -> str:
@@ -216,6 +219,11 @@ class ExactValueFilter(admin.FieldListFilter):
 
 class PortalModelAdmin(DeclaredLookupsOnly, admin.ModelAdmin):
     pass
+
+
+def selection_digest(devices: list[Device]) -> str:
+    """Names a selection of devices in 64 characters, so a confirmation can check it acts on what it showed."""
+    return hashlib.sha256(",".join(str(pk) for pk in sorted(d.pk for d in devices)).encode()).hexdigest()
 
 
 class Echo:
@@ -588,7 +596,7 @@ class DeviceAdmin(CsvExportMixin, BigListAdmin):
         devices = list(queryset.select_related("product").order_by("serial"))
         form = TtlForm(request.POST if "confirm" in request.POST else None)
         if "confirm" in request.POST and form.is_valid():
-            if not self.confirmed_once(request):
+            if not self.confirmed_once(request, devices):
                 return None
             try:
                 tokens = tokens_issue(
@@ -648,7 +656,7 @@ class DeviceAdmin(CsvExportMixin, BigListAdmin):
     def _revoke(self, request: HttpRequest, devices: list[Device], single: bool = False) -> HttpResponse | None:
         form = RevokeForm(request.POST if "confirm" in request.POST else None)
         if "confirm" in request.POST and form.is_valid():
-            if not self.confirmed_once(request):
+            if not self.confirmed_once(request, devices):
                 return None
             outcome = devices_revoke(
                 serials=[d.serial for d in devices], reason=form.cleaned_data["reason"], actor=actor_of(request)
@@ -677,7 +685,7 @@ class DeviceAdmin(CsvExportMixin, BigListAdmin):
     def _reset(self, request: HttpRequest, devices: list[Device], single: bool = False) -> HttpResponse | None:
         form = ResetForm(request.POST if "confirm" in request.POST else None)
         if "confirm" in request.POST and form.is_valid():
-            if not self.confirmed_once(request):
+            if not self.confirmed_once(request, devices):
                 return None
             outcome = devices_reset(
                 serials=[d.serial for d in devices],
@@ -717,18 +725,33 @@ class DeviceAdmin(CsvExportMixin, BigListAdmin):
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "title": title,
-            "devices": devices,
+            "devices": devices[:CONFIRM_LIST_ROWS],
+            "device_count": len(devices),
             "blocked": {d.serial for d in blocked},
+            "blocked_count": len(blocked),
             "blocked_note": blocked_note,
             "warning": warning,
             "form": form,
             "action": action,
             "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            # "Select all N devices" is confirmed by the list's filters (the form posts back to the same
+            # address), not device by device: Django refuses a form of more than 1,000 fields.
+            "select_across": request.POST.get("select_across") == "1",
+            "selection": selection_digest(devices),
             "nonce": confirmation_nonce(request),
         }
         return TemplateResponse(request, "admin/provisioning/device/confirm.html", context)
 
-    def confirmed_once(self, request: HttpRequest) -> bool:
+    def confirmed_once(self, request: HttpRequest, devices: list[Device]) -> bool:
+        if request.POST.get("selection") != selection_digest(devices):
+            # The filters now select other devices (new ones registered, states changed): what the
+            # confirmation page listed is not what would be done.
+            self.message_user(
+                request,
+                "The selection changed since the confirmation page was shown; nothing was done. Select again.",
+                messages.WARNING,
+            )
+            return False
         if confirmation_consume(request):
             return True
         self.message_user(

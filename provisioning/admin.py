@@ -110,6 +110,12 @@ class DeclaredFiltersChangeList(ChangeList):
             # Django would redirect to "?e=1" and drop every filter without saying which was wrong.
             raise ChangelistRefused(f"A filter value this list cannot use: {str(exc)[:200]}") from exc
 
+    def get_results(self, request: HttpRequest) -> None:
+        try:
+            super().get_results(request)
+        except IncorrectLookupParameters as exc:  # Django's way of saying the page does not exist
+            raise ChangelistRefused(f"This list has no page {self.page_num}.") from exc
+
     def get_filters_params(self, params: dict[str, Any] | None = None) -> dict[str, Any]:
         lookup_params = super().get_filters_params(params)
         # The filters a change form preserves for its way back to the list; never a lookup here.

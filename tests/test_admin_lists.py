@@ -124,6 +124,14 @@ def test_a_declared_filter_with_a_value_it_cannot_use_is_a_400_not_a_redirect(as
 
         assert response.status_code == 400, query
         assert "A filter value this list cannot use" in response.content.decode()
+    from provisioning.services import ImportRow, devices_import
+
+    devices_import(rows=[ImportRow(line=i, serial=f"SN-PAGE-{i:03d}", product="p") for i in range(150)], actor="t")
+    for page in ("999", "0", "-1"):  # two pages of 100
+        response = client.get(changelist("provisioning_device") + f"?state__exact=registered&p={page}")
+
+        assert response.status_code == 400, page
+        assert f"This list has no page {page}." in response.content.decode()
 
 
 def test_the_device_pages_history_links_are_declared_filters(busy_portal):

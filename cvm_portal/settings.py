@@ -65,6 +65,8 @@ MIDDLEWARE = [
     # First: forwarded headers from anyone but a trusted proxy are gone before anything reads them.
     "provisioning.middleware.ProxyHeadersMiddleware",
     "provisioning.middleware.RequestLogMiddleware",
+    # Before anything that could read the body or query string: a charset that is not text is a 400.
+    "provisioning.middleware.RequestCharsetMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "provisioning.middleware.ApiGuardMiddleware",

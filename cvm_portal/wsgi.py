@@ -2,8 +2,19 @@
 
 import os
 
-from django.core.wsgi import get_wsgi_application
+import django
+from django.core.handlers.wsgi import WSGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cvm_portal.settings")
+django.setup(set_prefix=False)
 
-application = get_wsgi_application()
+from provisioning.middleware import PortalRequest  # noqa: E402 - needs the settings loaded above
+
+
+class PortalWSGIHandler(WSGIHandler):
+    # A Content-Type header Django cannot parse must reach the middleware that refuses it (400),
+    # instead of failing while the request is built (500).
+    request_class = PortalRequest
+
+
+application = PortalWSGIHandler()

@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
+import hashlib
 import secrets
 from collections.abc import Iterator
 from typing import Any
 
 from django import forms
+from django.apps import apps
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.exceptions import DisallowedModelAdminLookup, DisallowedModelAdminToField
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ChangeList
+from django.contrib.admin.widgets import url_params_from_lookup_dict
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection
@@ -25,21 +32,21 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, Streami
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from .models import AuditEvent, Certificate, Device, DeviceState, DynamoOutbox, Product
+from .imports import import_batch_confirm, import_batch_create
+from .models import AuditEvent, Certificate, Device, DeviceState, DynamoOutbox, ImportBatch, ImportState, Product
 from .services import (
     ImportInvalid,
     IssuedToken,
     ServiceError,
     device_register,
-    devices_import,
     devices_reset,
     devices_revoke,
-    serials_parse_csv,
     tokens_issue,
 )
 from .tokenfiles import tokens_csv
@@ -51,7 +58,8 @@ from .validators import (
     validate_product_name,
 )
 
-MAX_IMPORT_BYTES = 20 * 1024 * 1024
+# A million serials with a product column is about 25 MB; the file is kept until it is imported.
+MAX_IMPORT_BYTES = 64 * 1024 * 1024
 
 
 def actor_of(request: HttpRequest) -> str:
@@ -59,6 +67,8 @@ def actor_of(request: HttpRequest) -> str:
 
 
 NONCES_KEY = "cvm_confirmations"
+# A confirmation page lists this many devices; a selection of a million is summed up, not printed.
+CONFIRM_LIST_ROWS = 200
 
 
 def confirmation_nonce(request: HttpRequest) -> str:
@@ -78,6 +88,154 @@ def confirmation_consume(request: HttpRequest) -> bool:
         return False
     request.session[NONCES_KEY] = [n for n in nonces if n != nonce]
     return True
+
+
+# --- Changelist URLs ------------------------------------------------------------------------------
+
+
+class ChangelistRefused(Exception):
+    """A changelist URL asked for something the list does not offer; the message says what."""
+
+
+class DeclaredFiltersChangeList(ChangeList):
+    """A changelist whose URL may use the list's declared filters, search, ordering and paging only.
+
+    Django applies every other parameter as a queryset lookup, and its `lookup_allowed` passes any
+    lookup on the model's own fields: `?serial__regex=(.*[0-9]){4}Q` runs a backtracking regular
+    expression over every row, `?token_digest__startswith=ab` reveals a digest prefix by prefix, and
+    `?data__contains=x` fails with a 500 on SQLite. Here a parameter that no declared filter consumed
+    is refused, as is a value a declared filter cannot use, with a 400 that says so.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)
+        except (DisallowedModelAdminLookup, DisallowedModelAdminToField) as exc:
+            raise ChangelistRefused(str(exc)) from exc
+        except IncorrectLookupParameters as exc:
+            # Django would redirect to "?e=1" and drop every filter without saying which was wrong.
+            raise ChangelistRefused(f"A filter value this list cannot use: {str(exc)[:200]}") from exc
+
+    def get_results(self, request: HttpRequest) -> None:
+        try:
+            super().get_results(request)
+        except IncorrectLookupParameters as exc:  # Django's way of saying the page does not exist
+            raise ChangelistRefused(f"This list has no page {self.page_num}.") from exc
+
+    def get_filters_params(self, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        lookup_params = super().get_filters_params(params)
+        # The filters a change form preserves for its way back to the list; never a lookup here.
+        lookup_params.pop("_changelist_filters", None)
+        return lookup_params
+
+    def get_filters(self, request: HttpRequest) -> tuple[Any, ...]:
+        requested = self.get_filters_params()
+        result = super().get_filters(request)
+        remaining = result[2]  # what the declared filters left: Django would apply it as lookups
+        undeclared = sorted(
+            key for key in remaining if key in requested and not self._made_by_the_admin(key, requested)
+        )
+        if undeclared:
+            raise ChangelistRefused(f"This list cannot be filtered by {', '.join(undeclared)}.")
+        return result
+
+    def _made_by_the_admin(self, key: str, requested: dict[str, list[str]]) -> bool:
+        hierarchy = self.date_hierarchy
+        if hierarchy and key in (f"{hierarchy}__gte", f"{hierarchy}__lt") and f"{hierarchy}__year" in requested:
+            return True  # the date hierarchy turns its year/month/day into this range itself
+        # A raw-id widget's popup narrows the list by the foreign key's limit_choices_to.
+        for fk_lookup in self.model._meta.related_fkey_lookups:
+            allowed = url_params_from_lookup_dict(fk_lookup() if callable(fk_lookup) else fk_lookup)
+            if all(allowed.get(key) == value for value in requested[key]):
+                return True
+        return False
+
+
+@functools.cache
+def _declared_filters_only(changelist_class: type[ChangeList]) -> type[ChangeList]:
+    if issubclass(changelist_class, DeclaredFiltersChangeList):
+        return changelist_class
+    return type(f"DeclaredFilters{changelist_class.__name__}", (DeclaredFiltersChangeList, changelist_class), {})
+
+
+class DeclaredLookupsOnly:
+    """Every changelist of the portal: its URL accepts declared filters, search, ordering and paging only.
+
+    Anything else is a 400 naming the parameter, on the list and on its CSV export alike.
+    """
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return _declared_filters_only(super().get_changelist(request, **kwargs))
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        try:
+            return super().changelist_view(request, extra_context)
+        except ChangelistRefused as exc:
+            return self.changelist_refused(request, exc)
+
+    def changelist_refused(self, request: HttpRequest, exc: ChangelistRefused) -> TemplateResponse:
+        opts = self.model._meta
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": opts,
+            "title": "This list cannot show that",
+            "reason": str(exc),
+            "changelist_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
+        }
+        return TemplateResponse(request, "admin/changelist_refused.html", context, status=400)
+
+
+def declared_lookups_everywhere(site: admin.AdminSite) -> None:
+    """Give every registered admin the rule, Django's users and groups and third-party apps' included.
+
+    Called once every app's admin module has registered its models (PortalAdminConfig.ready).
+    """
+    for model in apps.get_models():
+        if not site.is_registered(model):
+            continue
+        model_admin = site.get_model_admin(model)
+        if isinstance(model_admin, DeclaredLookupsOnly):
+            continue
+        original = type(model_admin)
+        site.unregister(model)
+        site.register(model, type(original.__name__, (DeclaredLookupsOnly, original), {}))
+
+
+class ExactValueFilter(admin.FieldListFilter):
+    """One exact value of an indexed field, as the portal's own links ask for it (`?serial=SN-1`).
+
+    Lists no choices (on a million rows that would read them all); while in use it shows its value with
+    a way back to the whole list, otherwise nothing.
+    """
+
+    template = "admin/exact_value_filter.html"
+
+    def __init__(self, field: Any, request: HttpRequest, params: dict, model: Any, model_admin: Any, field_path: str):
+        self.lookup_kwarg = field_path
+        super().__init__(field, request, params, model, model_admin, field_path)
+        self.title = field_path.replace("__", " ")
+
+    def expected_parameters(self) -> list[str]:
+        return [self.lookup_kwarg]
+
+    def choices(self, changelist: ChangeList) -> Iterator[dict[str, Any]]:
+        values = self.used_parameters.get(self.lookup_kwarg, [])
+        yield {
+            "selected": not values,
+            "query_string": changelist.get_query_string(remove=[self.lookup_kwarg]),
+            "display": "All",
+        }
+        for value in values:
+            yield {"selected": True, "query_string": changelist.get_query_string(), "display": value}
+
+
+class PortalModelAdmin(DeclaredLookupsOnly, admin.ModelAdmin):
+    pass
+
+
+def selection_digest(devices: list[Device]) -> str:
+    """Names a selection of devices in 64 characters, so a confirmation can check it acts on what it showed."""
+    return hashlib.sha256(",".join(str(pk) for pk in sorted(d.pk for d in devices)).encode()).hexdigest()
 
 
 class Echo:
@@ -112,10 +270,13 @@ class CsvExportMixin:
         extra_context = {**(extra_context or {}), "can_export": self.can_export(request)}
         return super().changelist_view(request, extra_context)
 
-    def export_view(self, request: HttpRequest) -> StreamingHttpResponse:
+    def export_view(self, request: HttpRequest) -> HttpResponse:
         if not self.can_export(request):
             raise PermissionDenied
-        changelist = self.get_changelist_instance(request)
+        try:
+            changelist = self.get_changelist_instance(request)
+        except ChangelistRefused as exc:
+            return self.changelist_refused(request, exc)  # type: ignore[attr-defined]
         queryset = changelist.get_queryset(request)
         writer = csv.writer(Echo())
 
@@ -159,11 +320,13 @@ class LargeTablePaginator(Paginator):
         return model._default_manager.aggregate(highest=Max("pk"))["highest"] or 0
 
 
-class BigListAdmin(admin.ModelAdmin):
+class BigListAdmin(PortalModelAdmin):
     """Changelists that stay fast on millions of rows (no full count, estimated pagination)."""
 
     paginator = LargeTablePaginator
     show_full_result_count = False
+    # Facet counts ("?_facets") count every filter choice over the whole filtered table.
+    show_facets = admin.ShowFacets.NEVER
     list_per_page = 100
 
 
@@ -188,7 +351,7 @@ class ReadOnlyAdmin(NoEditing, BigListAdmin):
 
 
 @admin.register(Product)
-class ProductAdmin(admin.ModelAdmin):
+class ProductAdmin(PortalModelAdmin):
     list_display = ["name", "description", "created_at"]
     search_fields = ["name"]
     fields = ["name", "description"]
@@ -304,7 +467,9 @@ class DeviceAdmin(CsvExportMixin, BigListAdmin):
 
     @admin.display(description="history")
     def history_links(self, obj: Device) -> str:
-        certificates = reverse("admin:provisioning_certificate_changelist") + "?" + urlencode({"device__exact": obj.pk})
+        certificates = (
+            reverse("admin:provisioning_certificate_changelist") + "?" + urlencode({"device__serial": obj.serial})
+        )
         events = reverse("admin:provisioning_auditevent_changelist") + "?" + urlencode({"serial": obj.serial})
         return format_html('<a href="{}">certificates</a> · <a href="{}">audit events</a>', certificates, events)
 
@@ -354,6 +519,11 @@ class DeviceAdmin(CsvExportMixin, BigListAdmin):
     def get_urls(self):
         return [
             path("import/", self.admin_site.admin_view(self.import_view), name="provisioning_device_import"),
+            path(
+                "import/<uuid:batch_id>/",
+                self.admin_site.admin_view(self.import_batch_view),
+                name="provisioning_device_import_batch",
+            ),
             path("<int:pk>/revoke/", self.admin_site.admin_view(self.revoke_view), name="provisioning_device_revoke"),
             path("<int:pk>/reset/", self.admin_site.admin_view(self.reset_view), name="provisioning_device_reset"),
             *super().get_urls(),
@@ -378,26 +548,10 @@ class DeviceAdmin(CsvExportMixin, BigListAdmin):
     # --- Import -------------------------------------------------------------------------------
 
     def import_view(self, request: HttpRequest) -> HttpResponse:
-        """Upload, preview (what will be added, what is known, what is wrong), confirm."""
+        """Upload: the file is checked and kept on the server; its page previews it and confirms it."""
         if not self.has_import_devices_permission(request):
             raise PermissionDenied
         context: dict[str, Any] = {**self.admin_site.each_context(request), "opts": self.model._meta}
-        if request.method == "POST" and "confirm" in request.POST:
-            text = request.POST.get("csv_text", "")
-            product = request.POST.get("product") or None
-            try:
-                rows = serials_parse_csv(text, default_product=product)
-            except ImportInvalid as exc:
-                self.message_user(request, str(exc), messages.ERROR)
-                return HttpResponseRedirect(reverse("admin:provisioning_device_import"))
-            report = devices_import(rows=rows, actor=actor_of(request))
-            self.message_user(
-                request,
-                f"Imported {report.created} new serial(s); {report.already_known} already known; "
-                f"{report.products_created} new product(s).",
-                messages.SUCCESS,
-            )
-            return HttpResponseRedirect(reverse("admin:provisioning_device_changelist"))
         form = ImportForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
             upload = form.cleaned_data["file"]
@@ -405,36 +559,55 @@ class DeviceAdmin(CsvExportMixin, BigListAdmin):
                 form.add_error("file", f"the file is larger than {MAX_IMPORT_BYTES // (1024 * 1024)} MiB")
             else:
                 try:
-                    text = upload.read().decode("utf-8-sig")
-                except UnicodeDecodeError:
-                    form.add_error("file", "the file is not UTF-8 text")
+                    batch = import_batch_create(
+                        file_name=upload.name,
+                        content=upload.read(),
+                        default_product=form.cleaned_data["product"] or None,
+                        actor=actor_of(request),
+                    )
+                except ImportInvalid as exc:
+                    context["errors"] = exc.errors
+                except ServiceError as exc:
+                    form.add_error("file", str(exc))
                 else:
-                    context.update(self._import_preview(text, form.cleaned_data["product"] or None))
+                    return HttpResponseRedirect(reverse("admin:provisioning_device_import_batch", args=[batch.pk]))
         context["form"] = form
         context["title"] = "Import serials"
+        context["recent"] = ImportBatch.objects.defer("content", "preview")[:10]
         return TemplateResponse(request, "admin/provisioning/device/import.html", context)
 
-    @staticmethod
-    def _import_preview(text: str, product: str | None) -> dict[str, Any]:
-        try:
-            rows = serials_parse_csv(text, default_product=product)
-        except ImportInvalid as exc:
-            return {"errors": exc.errors, "csv_text": None}
-        known = set()
-        serials = [row.serial for row in rows]
-        for start in range(0, len(serials), 900):
-            known.update(
-                Device.objects.filter(serial__in=serials[start : start + 900]).values_list("serial", flat=True)
-            )
-        new = [row for row in rows if row.serial not in known]
-        return {
-            "errors": [],
-            "csv_text": text,
-            "product": product or "",
-            "new_rows": new[:200],
-            "new_count": len(new),
-            "known_count": len(known),
+    def import_batch_view(self, request: HttpRequest, batch_id: Any) -> HttpResponse:
+        """One upload: its preview and the confirmation (which posts nothing but the batch's address),
+        then the import's progress, refreshed until the worker is done."""
+        if not self.has_import_devices_permission(request):
+            raise PermissionDenied
+        batch = get_object_or_404(ImportBatch.objects.defer("content"), pk=batch_id)
+        if request.method == "POST" and "confirm" in request.POST:
+            if import_batch_confirm(batch_id=batch.pk, actor=actor_of(request)):
+                self.message_user(request, f"Import of {batch.new_count} new serial(s) queued.", messages.SUCCESS)
+            else:
+                already = "This import was already confirmed or has expired; nothing was done again."
+                self.message_user(request, already, messages.WARNING)
+            return HttpResponseRedirect(request.path)
+        now = timezone.now()
+
+        def seconds_since(moment: Any) -> int | None:
+            return None if moment is None else max(0, round(((batch.finished_at or now) - moment).total_seconds()))
+
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"Import {batch.file_name}",
+            "batch": batch,
+            "states": ImportState,
+            "running": batch.state in (ImportState.QUEUED, ImportState.IMPORTING),
+            "waiting_seconds": seconds_since(batch.confirmed_at),
+            "reading_seconds": seconds_since(batch.started_at),
+            "writing_seconds": seconds_since(batch.writing_started_at),
         }
+        response = TemplateResponse(request, "admin/provisioning/device/import_batch.html", context)
+        add_never_cache_headers(response)
+        return response
 
     # --- Tokens -------------------------------------------------------------------------------
 
@@ -443,7 +616,7 @@ class DeviceAdmin(CsvExportMixin, BigListAdmin):
         devices = list(queryset.select_related("product").order_by("serial"))
         form = TtlForm(request.POST if "confirm" in request.POST else None)
         if "confirm" in request.POST and form.is_valid():
-            if not self.confirmed_once(request):
+            if not self.confirmed_once(request, devices):
                 return None
             try:
                 tokens = tokens_issue(
@@ -503,7 +676,7 @@ class DeviceAdmin(CsvExportMixin, BigListAdmin):
     def _revoke(self, request: HttpRequest, devices: list[Device], single: bool = False) -> HttpResponse | None:
         form = RevokeForm(request.POST if "confirm" in request.POST else None)
         if "confirm" in request.POST and form.is_valid():
-            if not self.confirmed_once(request):
+            if not self.confirmed_once(request, devices):
                 return None
             outcome = devices_revoke(
                 serials=[d.serial for d in devices], reason=form.cleaned_data["reason"], actor=actor_of(request)
@@ -532,7 +705,7 @@ class DeviceAdmin(CsvExportMixin, BigListAdmin):
     def _reset(self, request: HttpRequest, devices: list[Device], single: bool = False) -> HttpResponse | None:
         form = ResetForm(request.POST if "confirm" in request.POST else None)
         if "confirm" in request.POST and form.is_valid():
-            if not self.confirmed_once(request):
+            if not self.confirmed_once(request, devices):
                 return None
             outcome = devices_reset(
                 serials=[d.serial for d in devices],
@@ -572,18 +745,33 @@ class DeviceAdmin(CsvExportMixin, BigListAdmin):
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "title": title,
-            "devices": devices,
+            "devices": devices[:CONFIRM_LIST_ROWS],
+            "device_count": len(devices),
             "blocked": {d.serial for d in blocked},
+            "blocked_count": len(blocked),
             "blocked_note": blocked_note,
             "warning": warning,
             "form": form,
             "action": action,
             "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            # "Select all N devices" is confirmed by the list's filters (the form posts back to the same
+            # address), not device by device: Django refuses a form of more than 1,000 fields.
+            "select_across": request.POST.get("select_across") == "1",
+            "selection": selection_digest(devices),
             "nonce": confirmation_nonce(request),
         }
         return TemplateResponse(request, "admin/provisioning/device/confirm.html", context)
 
-    def confirmed_once(self, request: HttpRequest) -> bool:
+    def confirmed_once(self, request: HttpRequest, devices: list[Device]) -> bool:
+        if request.POST.get("selection") != selection_digest(devices):
+            # The filters now select other devices (new ones registered, states changed): what the
+            # confirmation page listed is not what would be done.
+            self.message_user(
+                request,
+                "The selection changed since the confirmation page was shown; nothing was done. Select again.",
+                messages.WARNING,
+            )
+            return False
         if confirmation_consume(request):
             return True
         self.message_user(
@@ -613,7 +801,13 @@ class CertificateAdmin(CsvExportMixin, ReadOnlyAdmin):
         "revoked_by",
         "revoked_reason",
     ]
-    list_filter = ["status", "key_origin", "device__product", ("issued_at", admin.DateFieldListFilter)]
+    list_filter = [
+        "status",
+        "key_origin",
+        "device__product",
+        ("issued_at", admin.DateFieldListFilter),
+        ("device__serial", ExactValueFilter),  # the device page's "certificates" link
+    ]
     search_fields = ["=certificate_id", "=fingerprint_sha256", "=device__serial", "=revoked_by"]
     list_select_related = ["device"]
     fields = [
@@ -662,7 +856,11 @@ class CertificateAdmin(CsvExportMixin, ReadOnlyAdmin):
 @admin.register(AuditEvent)
 class AuditEventAdmin(CsvExportMixin, ReadOnlyAdmin):
     list_display = ["seq", "created_at", "kind", "serial_link", "actor", "client_address", "summary"]
-    list_filter = ["kind", ("created_at", admin.DateFieldListFilter)]
+    list_filter = [
+        "kind",
+        ("created_at", admin.DateFieldListFilter),
+        ("serial", ExactValueFilter),  # the "audit events" links of devices and events
+    ]
     search_fields = ["=serial", "=actor", "=client_address"]
     ordering = ["-seq"]
     fields = ["seq", "created_at", "kind", "actor", "serial", "client_address", "data", "prev_hash", "hash"]

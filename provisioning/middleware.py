@@ -1,7 +1,8 @@
-"""Request log, body limit and cache headers for the device API."""
+"""Request log, request charset, body limit, cache headers and JSON errors for the device API."""
 
 from __future__ import annotations
 
+import codecs
 import ipaddress
 import logging
 import re
@@ -10,8 +11,10 @@ import uuid
 from collections.abc import Callable
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.core.handlers.wsgi import WSGIRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.utils.cache import add_never_cache_headers
+from django.utils.http import parse_header_parameters
 
 from . import metrics
 
@@ -119,14 +122,125 @@ class RequestLogMiddleware:
 DEVICE_PATHS = ("/api/", "/getcert")
 
 
-class ApiGuardMiddleware:
-    """For device paths: refuse bodies over the limit before anything reads them, and forbid caching."""
+def is_device_path(path: str) -> bool:
+    """Paths that machines call: every answer there is JSON."""
+    return path == "/api" or path.startswith(DEVICE_PATHS)
+
+
+def _is_json(response: HttpResponse) -> bool:
+    media_type = response.get("Content-Type", "").split(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def json_error(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    """The same status as `response`, with a JSON body instead of Django's HTML page.
+
+    Django answers an unknown path, a 405 from a plain view or an error raised outside DRF with an HTML
+    page (with DEBUG on, one that lists every URL pattern or a traceback); a device parses JSON only.
+    """
+    status = response.status_code
+    if status == 404:
+        detail = "not found"
+    elif status == 405:
+        detail = f"method {request.method} not allowed"
+    elif status >= 500:
+        detail = "internal error"
+    else:
+        detail = response.reason_phrase.lower()
+    replacement = JsonResponse({"detail": detail}, status=status)
+    for header in ("Allow", "Retry-After", "Vary"):
+        if header in response:
+            replacement[header] = response[header]
+    return replacement
+
+
+# The charsets a request may declare for its body (names as `codecs.lookup` spells them): UTF-8 and
+# the single-byte ASCII supersets (ISO 8859, Windows code pages). In each, every ASCII byte stands for
+# its ASCII character wherever it appears, so the form and multipart parsers, which find '&', '=' and
+# boundaries as bytes before decoding, read what the sender meant. Python's codec registry also holds
+# bytes-to-bytes codecs (bz2, zlib, hex), str-to-str ones (rot13) and encodings that are not ASCII
+# supersets (UTF-16, UTF-7, EBCDIC); Django would try to decode with them and fail with a 500.
+ACCEPTED_CHARSETS = frozenset(
+    {
+        "utf-8",
+        "ascii",
+        *(f"iso8859-{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16)),
+        *(f"cp{n}" for n in range(1250, 1259)),
+    }
+)
+
+
+def charset_accepted(charset: str) -> bool:
+    try:
+        return codecs.lookup(charset).name in ACCEPTED_CHARSETS
+    except (LookupError, ValueError):  # unknown, or not even a name (a NUL in it)
+        return False
+
+
+class PortalRequest(WSGIRequest):
+    """Django's request, built whatever its Content-Type header says.
+
+    Django reads the header while it builds the request, before any middleware runs, and fails there
+    with a 500: on an RFC 2231 parameter in an unknown charset (`charset*=x''y`) or a NUL in the name
+    (ValueError), and on a charset that is not text when the URL has a query string (setting the
+    encoding decodes the query string at once). Here the request is built without the charset and
+    marked; RequestCharsetMiddleware then refuses it with a 400.
+    """
+
+    def _set_content_type_params(self, meta: dict) -> None:
+        try:
+            self.content_type, self.content_params = parse_header_parameters(meta.get("CONTENT_TYPE", ""))
+        except ValueError:
+            self.content_type, self.content_params = "", {}
+            self.cvm_content_type_unreadable = True
+            return
+        charset = self.content_params.get("charset")
+        if charset is not None and charset_accepted(charset):
+            self.encoding = charset
+
+
+def _content_charset(request: HttpRequest) -> tuple[bool, str | None]:
+    """(readable, charset) of the request's Content-Type header, parsed as Django parses it."""
+    if getattr(request, "cvm_content_type_unreadable", False):
+        return False, None
+    try:
+        _, params = parse_header_parameters(request.META.get("CONTENT_TYPE", ""))
+    except ValueError:
+        return False, None
+    return True, params.get("charset")
+
+
+class RequestCharsetMiddleware:
+    """Refuse, before anything reads the body or query string, a request whose charset is not text.
+
+    Runs on every path and method: the charset also decides how Django decodes the query string.
+    """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if not request.path.startswith(DEVICE_PATHS):
+        readable, charset = _content_charset(request)
+        if readable and (charset is None or charset_accepted(charset)):
+            return self.get_response(request)
+        request.cvm_outcome = "unsupported_charset"
+        detail = "unsupported charset in the Content-Type header; send UTF-8"
+        if is_device_path(request.path):
+            response: HttpResponse = JsonResponse({"detail": detail}, status=400)
+            add_never_cache_headers(response)
+            return response
+        return HttpResponseBadRequest(detail + "\n", content_type="text/plain; charset=utf-8")
+
+
+class ApiGuardMiddleware:
+    """For device paths: refuse bodies over the limit before anything reads them, forbid caching, and
+    make sure every error is JSON, whichever layer produced it."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not is_device_path(request.path):
             return self.get_response(request)
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -139,5 +253,8 @@ class ApiGuardMiddleware:
             )
         else:
             response = self.get_response(request)
+        # Successful non-JSON answers are the OpenAPI document and its browsable page, on purpose.
+        if response.status_code >= 400 and not _is_json(response):
+            response = json_error(request, response)
         add_never_cache_headers(response)
         return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from django.db import models
@@ -337,6 +338,59 @@ class DynamoOutbox(models.Model):
         return f"{self.serial} v{self.version}"
 
 
+class ImportState(models.TextChoices):
+    PREVIEWED = "previewed", "waiting for confirmation"
+    QUEUED = "queued", "confirmed, waiting for the import worker"
+    IMPORTING = "importing", "importing"
+    IMPORTED = "imported", "imported"
+    FAILED = "failed", "failed, nothing imported"
+    EXPIRED = "expired", "not confirmed in time"
+
+
+class ImportBatch(models.Model):
+    """A CSV of serials uploaded in the admin, kept on the server until it is confirmed and imported.
+
+    The confirmation names the batch, not the file, so a million-row file never travels back through a
+    form. The file lives in the database, where every portal instance and the `run_imports` worker
+    find it wherever they run; it is dropped once the batch is imported, has failed or has expired.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    file_name = models.CharField(max_length=255)
+    file_size = models.PositiveBigIntegerField()
+    file_sha256 = models.CharField(max_length=64)
+    content = models.BinaryField()
+    default_product = models.CharField(max_length=64, blank=True)
+    uploaded_by = models.CharField(max_length=150)
+    uploaded_at = models.DateTimeField(db_index=True)
+    # What the preview found, when the file was uploaded.
+    row_count = models.PositiveIntegerField()
+    new_count = models.PositiveIntegerField()
+    known_count = models.PositiveIntegerField()
+    preview = models.JSONField(default=list, blank=True)
+    state = models.CharField(max_length=16, choices=ImportState.choices, default=ImportState.PREVIEWED)
+    confirmed_by = models.CharField(max_length=150, blank=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    # The worker importing it: a claim, taken with a conditional UPDATE, that the import checks before
+    # it commits, so a batch is imported once even when a second worker takes over a stale claim.
+    claim_id = models.UUIDField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(null=True, blank=True)
+    writing_started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_count = models.PositiveIntegerField(null=True, blank=True)
+    already_known_count = models.PositiveIntegerField(null=True, blank=True)
+    products_created = models.PositiveIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-uploaded_at"]
+        indexes = [models.Index(fields=["state", "confirmed_at"], name="import_batch_pending")]
+
+    def __str__(self) -> str:
+        return f"{self.file_name} ({self.state})"
+
+
 __all__ = [
     "LIFECYCLE",
     "AuditChainHead",
@@ -348,6 +402,8 @@ __all__ = [
     "DeviceAction",
     "DeviceState",
     "DynamoOutbox",
+    "ImportBatch",
+    "ImportState",
     "KeyOrigin",
     "Product",
     "ProofJti",

@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from scripts.private_files import private_dir
+
 
 @dataclass(frozen=True)
 class TlsFiles:
@@ -24,6 +26,7 @@ class TlsFiles:
 def _write(path: Path, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), mode)  # an existing file keeps its old mode through O_TRUNC
         handle.write(data)
 
 
@@ -38,7 +41,7 @@ def ensure_tls(directory: Path, *, hosts: tuple[str, ...] = ("127.0.0.1", "local
     files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
     if all(path.exists() for path in (files.ca_cert, files.server_cert, files.server_key)):
         return files
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(directory)
     now = datetime.datetime.now(datetime.UTC)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -80,7 +83,8 @@ def ensure_tls(directory: Path, *, hosts: tuple[str, ...] = ("127.0.0.1", "local
     )
 
     # The CA key is not kept: nothing else is ever signed with it, so it cannot be stolen either.
-    _write(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    # Certificates are public, but var/ is private throughout: its owner reads them, nobody else must.
+    _write(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o600)
     _write(files.server_key, _key_pem(server_key), 0o600)
-    _write(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM), 0o600)
     return files

@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.local_tls import ensure_tls
+from scripts.private_files import PRIVATE_UMASK, private_dir, tighten
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
@@ -58,6 +59,12 @@ def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: floa
     raise SystemExit(f"{what} did not start listening on port {port}")
 
 
+def prepare_var(var: Path) -> None:
+    """var/ 0700 and everything already in it owner-only (the database, keys, logs of earlier runs)."""
+    private_dir(var)
+    tighten(var)
+
+
 class Launcher:
     def __init__(self) -> None:
         self.children: list[tuple[str, subprocess.Popen]] = []
@@ -94,10 +101,12 @@ class Launcher:
         lines = [f"{name}={self.env[name]}" for name in names if name in self.env]
         fd = os.open(VAR / "local.env", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
+            os.fchmod(handle.fileno(), 0o600)  # an existing file keeps its mode through O_TRUNC
             handle.write("\n".join(lines) + "\n")
 
     def run(self) -> int:
-        VAR.mkdir(exist_ok=True)
+        os.umask(PRIVATE_UMASK)
+        prepare_var(VAR)
         self.env.setdefault("SECRET_KEY", secret_file("secret_key"))
         self.env.setdefault("CVM_TOKEN_HMAC_KEY", secret_file("token_hmac_key"))
         self.env.setdefault("CVM_AUDIT_HMAC_KEY", secret_file("audit_hmac_key"))
@@ -139,6 +148,8 @@ class Launcher:
         self.manage("bootstrap_aws")
         self.manage("ensure_admin")
         self.start("DynamoDB sync", [PYTHON, "manage.py", "sync_dynamodb"])
+        # Imports confirmed in the admin run here, off the web request (a million rows take a minute).
+        self.start("import worker", [PYTHON, "manage.py", "run_imports"])
         portal = self.start(
             "portal",
             [

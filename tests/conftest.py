@@ -32,6 +32,14 @@ def _fast_password_hashing(settings) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _requests_built_as_in_production(monkeypatch) -> None:
+    # The test client builds Django's plain WSGIRequest; the portal's WSGI handler builds its own.
+    from provisioning.middleware import PortalRequest
+
+    monkeypatch.setattr("django.test.client.WSGIRequest", PortalRequest)
+
+
+@pytest.fixture(autouse=True)
 def _clear_cache() -> Iterator[None]:
     cache.clear()
     yield

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from provisioning import aws
 from provisioning.crypto import token_digest
+from provisioning.imports import imports_run_pending
 from provisioning.models import AuditEvent, AuditKind, Certificate, CertificateStatus, Device, DeviceState
 
 from .conftest import _Raw, vend
@@ -38,16 +39,16 @@ def test_factory_imports_a_csv_with_preview_then_confirm(as_user, factory_user, 
     client = as_user(factory_user)
     upload = SimpleUploadedFile("s.csv", b"serial,product\nSN-A,meter\nSN-B,\nSN-KNOWN,\n", content_type="text/csv")
 
-    preview = client.post(url("device_import"), {"file": upload, "product": "sensor"})
+    uploaded = client.post(url("device_import"), {"file": upload, "product": "sensor"})
+    preview = client.get(uploaded["Location"])
 
     assert preview.status_code == 200
     html = preview.content.decode()
     assert "<strong>2</strong> new serial(s) will be registered; 1 already known" in html
     assert not Device.objects.filter(serial="SN-A").exists(), "nothing is imported before confirmation"
 
-    confirmed = client.post(
-        url("device_import"), {"confirm": "1", "csv_text": preview.context["csv_text"], "product": "sensor"}
-    )
+    confirmed = client.post(uploaded["Location"], {"confirm": "1"})
+    imports_run_pending()
 
     assert confirmed.status_code == 302
     assert dict(Device.objects.filter(serial__in=["SN-A", "SN-B"]).values_list("serial", "product__name")) == {
@@ -55,6 +56,7 @@ def test_factory_imports_a_csv_with_preview_then_confirm(as_user, factory_user, 
         "SN-B": "sensor",
     }
     assert AuditEvent.objects.filter(kind=AuditKind.SERIALS_IMPORTED, actor="staff:fiona").exists()
+    assert "Imported 2 new serial(s); 1 already known" in client.get(uploaded["Location"]).content.decode()
 
 
 def test_import_with_bad_rows_lists_them_and_imports_nothing(as_user, factory_user):
@@ -89,7 +91,13 @@ def test_tokens_are_shown_once_never_cached_and_work(as_user, factory_user, make
 
     confirm = client.post(url("device_changelist"), data)
     assert Device.objects.filter(state=DeviceState.TOKEN_ISSUED).count() == 0
-    confirmed = {**data, "confirm": "1", "ttl_days": "30", "nonce": confirm.context["nonce"]}
+    confirmed = {
+        **data,
+        "confirm": "1",
+        "ttl_days": "30",
+        "nonce": confirm.context["nonce"],
+        "selection": confirm.context["selection"],
+    }
     page = client.post(url("device_changelist"), confirmed)
 
     assert confirm.status_code == page.status_code == 200
@@ -121,14 +129,20 @@ def test_security_revokes_from_the_device_page_with_a_reason(as_user, security_u
     page = client.get(url("device_revoke", pk))
     assert "Each certificate is set REVOKED in AWS IoT" in page.content.decode()
     missing_reason = client.post(
-        url("device_revoke", pk), {"confirm": "1", "reason": "", "nonce": page.context["nonce"]}
+        url("device_revoke", pk),
+        {"confirm": "1", "reason": "", "nonce": page.context["nonce"], "selection": page.context["selection"]},
     )
     assert missing_reason.status_code == 200
     assert Device.objects.get(pk=pk).state == DeviceState.ACTIVE
 
     done = client.post(
         url("device_revoke", pk),
-        {"confirm": "1", "reason": "lost in transit", "nonce": missing_reason.context["nonce"]},
+        {
+            "confirm": "1",
+            "reason": "lost in transit",
+            "nonce": missing_reason.context["nonce"],
+            "selection": missing_reason.context["selection"],
+        },
     )
 
     assert done.status_code == 302
@@ -170,7 +184,13 @@ def test_bulk_revoke_reports_each_device_and_one_aws_failure_leaves_the_others_d
         confirm = client.post(url("device_changelist"), selection)
         response = client.post(
             url("device_changelist"),
-            {**selection, "confirm": "1", "reason": "recall", "nonce": confirm.context["nonce"]},
+            {
+                **selection,
+                "confirm": "1",
+                "reason": "recall",
+                "nonce": confirm.context["nonce"],
+                "selection": confirm.context["selection"],
+            },
             follow=True,
         )
     finally:
@@ -194,9 +214,16 @@ def test_reset_revokes_and_shows_the_new_token_once(as_user, security_user, make
     assert vend(api, "SN-RESET", device.token).status_code == 201
     client = as_user(security_user)
 
-    nonce = client.get(url("device_reset", device.device.pk)).context["nonce"]
+    confirmation = client.get(url("device_reset", device.device.pk)).context
     page = client.post(
-        url("device_reset", device.device.pk), {"confirm": "1", "reason": "rma", "ttl_days": "7", "nonce": nonce}
+        url("device_reset", device.device.pk),
+        {
+            "confirm": "1",
+            "reason": "rma",
+            "ttl_days": "7",
+            "nonce": confirmation["nonce"],
+            "selection": confirmation["selection"],
+        },
     )
 
     tokens = tokens_on_page(page.content.decode())
@@ -296,3 +323,47 @@ def test_two_factor_login_needs_the_totp_code(client, factory_user):
     )
     assert response.status_code == 302
     assert client.get(reverse("admin:index")).status_code == 200
+
+
+def test_a_bulk_action_over_a_large_selection_is_confirmed_by_reference(as_user, factory_user):
+    from provisioning.services import ImportRow, devices_import
+
+    devices_import(rows=[ImportRow(line=i, serial=f"SN-BULK-{i:05d}", product="p") for i in range(1500)], actor="t")
+    client = as_user(factory_user)
+    changelist = url("device_changelist") + "?state__exact=registered"
+    first = Device.objects.order_by("serial").first()
+    # "Select all 1500 devices" across pages, as the changelist's own link does it.
+    selection = {"action": "issue_tokens_action", "select_across": "1", "index": "0", ACTION_CHECKBOX_NAME: [first.pk]}
+
+    page = client.post(changelist, selection)
+    form = re.search(r'<form method="post">(.*?)</form>', page.content.decode(), re.S).group(1)
+    hidden = re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form)
+    fields: dict[str, list[str]] = {}
+    for name, value in hidden:
+        fields.setdefault(name, []).append(value)
+    confirmed = client.post(changelist, {**fields, "confirm": "1", "ttl_days": "30"})
+
+    assert "1500 device(s)" in page.content.decode()
+    assert len(hidden) < 10, "the selection is named by the list's filters, not posted device by device"
+    assert confirmed.status_code == 200
+    assert len(tokens_on_page(confirmed.content.decode())) == 1500
+    assert Device.objects.filter(state=DeviceState.TOKEN_ISSUED).count() == 1500
+
+
+def test_a_bulk_action_does_nothing_when_the_selection_changed_since_its_confirmation(
+    as_user, factory_user, make_device
+):
+    for i in range(3):
+        make_device(f"SN-CH{i}", with_token=False)
+    client = as_user(factory_user)
+    changelist = url("device_changelist") + "?state__exact=registered"
+    selection = {"action": "issue_tokens_action", "select_across": "1", "index": "0", ACTION_CHECKBOX_NAME: ["1"]}
+    page = client.post(changelist, selection)
+    form = re.search(r'<form method="post">(.*?)</form>', page.content.decode(), re.S).group(1)
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form))
+    make_device("SN-CH3", with_token=False)  # a new device now matches the list's filter
+
+    confirmed = client.post(changelist, {**fields, "confirm": "1", "ttl_days": "30"}, follow=True)
+
+    assert "The selection changed since the confirmation page was shown" in confirmed.content.decode()
+    assert Device.objects.filter(state=DeviceState.TOKEN_ISSUED).count() == 0

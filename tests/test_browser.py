@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from provisioning.imports import imports_run_pending
 from provisioning.models import Certificate, CertificateStatus, Device, DeviceState
 
 from .conftest import vend
@@ -79,7 +80,10 @@ def test_factory_imports_issues_tokens_and_downloads_them(page, factory_user, tm
     assert "3 new serial(s) will be registered" in page.inner_text("#import-summary")
     shot(page, "factory-import-preview")
     page.click("#confirm-import")
+    page.wait_for_selector("#import-progress")
+    imports_run_pending()  # what the run_imports worker does; the page refreshes itself meanwhile
     page.wait_for_selector("text=Imported 3 new serial(s)")
+    page.goto(page.base_url + "/admin/provisioning/device/")
     shot(page, "factory-devices")
 
     page.check("#action-toggle")

@@ -53,6 +53,90 @@ def test_hostile_bodies_get_a_clear_400(api, body):
     assert isinstance(response.json(), dict)
 
 
+# Spellings Python's codec registry knows but that are not text, or not an ASCII superset, or unknown.
+REFUSED_CHARSETS = ["bz2", "rot13", "utf-16", "hex", "zlib_codec", "base64", "utf-7", "utf-32", "cp037", "nonsense"]
+MULTIPART_LOGIN = (
+    b'--XyZ\r\nContent-Disposition: form-data; name="username"\r\n\r\nfiona\r\n'
+    b'--XyZ\r\nContent-Disposition: form-data; name="password"\r\n\r\nwrong\r\n--XyZ--\r\n'
+)
+CHARSET_BODIES = {
+    "urlencoded": ("application/x-www-form-urlencoded; charset={}", b"username=fiona&password=wrong"),
+    "multipart": ("multipart/form-data; boundary=XyZ; charset={}", MULTIPART_LOGIN),
+    "text": ("text/plain; charset={}", b"x"),
+}
+
+
+@pytest.mark.parametrize("kind", CHARSET_BODIES)
+@pytest.mark.parametrize("charset", REFUSED_CHARSETS)
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_staff_pages_refuse_a_charset_that_is_not_text_with_a_plain_400(client, caplog, method, charset, kind):
+    content_type, body = CHARSET_BODIES[kind]
+
+    response = client.generic(method, "/admin/login/?next=/admin/", body, content_type=content_type.format(charset))
+
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("text/plain")
+    assert b"charset" in response.content
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a refusal is not an error to log"
+    assert AuditEvent.objects.count() == 0, "no form was read, so no login was even attempted"
+
+
+@pytest.mark.parametrize("kind", CHARSET_BODIES)
+@pytest.mark.parametrize("charset", REFUSED_CHARSETS)
+def test_device_api_refuses_a_charset_that_is_not_text_with_a_json_400(api, caplog, charset, kind):
+    content_type, _ = CHARSET_BODIES[kind]
+    body = b'{"serial": "SN-1", "token": "t"}'
+
+    response = api.generic("POST", VEND_URL, body, content_type=content_type.format(charset))
+
+    assert response.status_code == 400
+    assert response.json() == {"detail": "unsupported charset in the Content-Type header; send UTF-8"}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "UTF8", "us-ascii", "latin-1", "ISO-8859-15", "windows-1252"])
+def test_text_charsets_are_still_accepted(api, client, charset):
+    vended = api.generic("POST", VEND_URL, b'{"serial": "SN-1", "token": "t"}', f"application/json; charset={charset}")
+    login = client.generic(
+        "POST", "/admin/login/", MULTIPART_LOGIN, f"multipart/form-data; boundary=XyZ; charset={charset}"
+    )
+
+    assert vended.status_code == 403, "read and refused as an unknown serial, not as a bad request"
+    assert login.status_code == 200, "the login form, with its error"
+
+
+@pytest.mark.parametrize("path", ["/admin/login/", VEND_URL])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/x-www-form-urlencoded; charset*=x-unknown''utf-8",  # RFC 2231, unknown charset
+        "application/x-www-form-urlencoded; charset*=utf-8''bz%00",  # a NUL in the charset name
+        "application/json; charset*=utf-8''rot13",
+    ],
+)
+def test_a_content_type_django_cannot_parse_is_a_400_from_the_server_itself(db, path, content_type):
+    """Django reads this header while it builds the request, before any middleware: the WSGI app must cope."""
+    import io
+    from wsgiref.util import setup_testing_defaults
+
+    from cvm_portal.wsgi import application
+
+    body = b"username=fiona&password=wrong"
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "CONTENT_TYPE": content_type,
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+        "SERVER_NAME": "localhost",
+    }
+    setup_testing_defaults(environ)
+    started = []
+    chunks = application(environ, lambda status, headers, exc_info=None: started.append(status))
+
+    assert started[0].startswith("400"), b"".join(chunks)
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=2000) | st.binary(max_size=2000).map(lambda b: b.decode("latin-1")))
 def test_csr_parsing_only_ever_refuses_garbage(garbage):

@@ -265,3 +265,76 @@ def test_openapi_schema_and_docs_are_served(api, db):
     assert docs.status_code == 200
     assert b"swagger" in docs.content.lower()
     assert b"cdn." not in docs.content
+
+
+API_METHODS = ["get", "post", "put", "patch", "delete", "options"]
+
+
+@pytest.mark.parametrize("method", API_METHODS)
+@pytest.mark.parametrize(
+    "path", ["/api/v1/no-such-thing", "/api/v1/certificates/", "/api/", "/api", "/api/v2/certificates", "/getcert/x"]
+)
+def test_unknown_api_paths_answer_json_404(db, method, path):
+    from django.test import Client
+
+    response = getattr(Client(), method)(path)
+
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "not found"}
+    assert "no-store" in response["Cache-Control"]
+
+
+@override_settings(DEBUG=True)
+def test_unknown_api_paths_answer_json_even_with_debug_on(db):
+    from django.test import Client
+
+    response = Client().get("/api/v1/no-such-thing")
+
+    assert (response.status_code, response["Content-Type"]) == (404, "application/json")
+    assert b"urlpatterns" not in response.content.lower()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", VEND_URL),
+        ("put", VEND_URL),
+        ("post", "/api/v1/health"),
+        ("delete", "/api/v1/health"),
+        ("post", "/api/schema"),
+        ("post", "/api/docs"),
+    ],
+)
+def test_wrong_methods_on_api_paths_answer_json_405(db, method, path):
+    from django.test import Client
+
+    response = getattr(Client(), method)(path)
+
+    assert response.status_code == 405
+    assert response["Content-Type"] == "application/json"
+    assert set(response.json()) == {"detail"}
+    assert response["Allow"]
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_errors_raised_outside_drf_on_api_paths_answer_json_500_without_a_traceback(db, monkeypatch, settings, debug):
+    from django.test import Client
+
+    from provisioning.apis import HealthApi
+
+    settings.DEBUG = debug
+
+    def broken(self, request, *args, **kwargs):
+        raise RuntimeError("a secret detail of the failure")
+
+    # dispatch is where DRF's own handler would catch it; replacing it makes the error reach Django.
+    monkeypatch.setattr(HealthApi, "dispatch", broken)
+
+    response = Client(raise_request_exception=False).get("/api/v1/health")
+
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "internal error"}
+    assert b"Traceback" not in response.content
+    assert b"secret detail" not in response.content

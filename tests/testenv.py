@@ -7,7 +7,10 @@ AWS pointed at nothing real so a test that forgets moto cannot reach an account.
 import os
 from pathlib import Path
 
-Path(__file__).resolve().parent.parent.joinpath("var").mkdir(exist_ok=True)
+from scripts.private_files import private_dir
+
+# The test database lives in var/ beside the local portal's: the same rule, owner-only.
+private_dir(Path(__file__).resolve().parent.parent / "var")
 
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-000000")
 os.environ.setdefault("CVM_TOKEN_HMAC_KEY", "test-token-hmac-key-not-for-production-0000")

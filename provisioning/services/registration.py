@@ -77,8 +77,11 @@ def serials_parse_csv(text: str, *, default_product: str | None = None) -> list[
     return rows
 
 
-def devices_import(*, rows: list[ImportRow], actor: str) -> ImportReport:
-    """Register every new serial in one transaction; serials already known are left as they are."""
+def devices_import(*, rows: list[ImportRow], actor: str, note: dict[str, str] | None = None) -> ImportReport:
+    """Register every new serial in one transaction; serials already known are left as they are.
+
+    `note` is added to the import's audit event (the admin names its upload there).
+    """
     now = timezone.now()
     with transaction.atomic():
         product_names = sorted({row.product for row in rows})
@@ -110,7 +113,12 @@ def devices_import(*, rows: list[ImportRow], actor: str) -> ImportReport:
                 NewEvent(
                     kind=AuditKind.SERIALS_IMPORTED,
                     actor=actor,
-                    data={"created": len(new_rows), "already_known": len(known), "products_created": len(missing)},
+                    data={
+                        **(note or {}),
+                        "created": len(new_rows),
+                        "already_known": len(known),
+                        "products_created": len(missing),
+                    },
                 )
             ]
         )

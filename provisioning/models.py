@@ -7,22 +7,39 @@ from dataclasses import dataclass
 
 from django.db import models
 
-from .validators import validate_product_name
+from .validators import validate_policy_name, validate_product_name, validate_thing_type_name
 
 
 class Product(models.Model):
-    """A device model line; every device belongs to one and the name goes into the thing attributes."""
+    """A device model line, shaped like an AWS fleet-provisioning template (SPEC §5.1).
+
+    Its things get its thing type and join its static thing groups; its certificates get its policy.
+    Every device belongs to one, and the name goes into the thing attributes.
+    """
 
     # Becomes the thing attribute `product`: AWS IoT's attribute value rule applies (validators.py).
     name = models.CharField(max_length=64, unique=True, validators=[validate_product_name])
     description = models.CharField(max_length=255, blank=True)
+    # Empty: CVM_IOT_POLICY_NAME, the portal's default least-privilege policy.
+    iot_policy = models.CharField(max_length=128, blank=True, validators=[validate_policy_name])
+    thing_type = models.CharField(max_length=128, blank=True, validators=[validate_thing_type_name])
+    thing_groups = models.JSONField(default=list, blank=True)
+    # Devices whose certificate is older than this are "rotation due"; answers carry `rotate_after`.
+    rotate_after_days = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["name"]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def policy_name(self) -> str:
+        from django.conf import settings
+
+        return self.iot_policy or settings.CVM_IOT_POLICY_NAME
 
 
 class DeviceState(models.TextChoices):
@@ -106,6 +123,8 @@ class Device(models.Model):
     claim_id = models.UUIDField(null=True, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     thing_name = models.CharField(max_length=128, blank=True)
+    # The device's own thing attributes, from the factory's CSV (beside `serial` and `product`).
+    attributes = models.JSONField(default=dict, blank=True)
     # A failed issuance could not remove a certificate it created (AWS was down); the next vend, or
     # `reconcile`, removes whatever the thing holds that the database does not know before going on.
     aws_cleanup_pending = models.BooleanField(default=False)
@@ -170,6 +189,8 @@ class Certificate(models.Model):
     key_origin = models.CharField(max_length=8, choices=KeyOrigin.choices)
     status = models.CharField(max_length=8, choices=CertificateStatus.choices, default=CertificateStatus.ACTIVE)
     thing_name = models.CharField(max_length=128)
+    # The policy attached at issuance (the product's then); revoke detaches this one. Empty: the default.
+    policy_name = models.CharField(max_length=128, blank=True)
     issued_at = models.DateTimeField(db_index=True)
     issued_to_address = models.GenericIPAddressField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
@@ -198,6 +219,13 @@ class Certificate(models.Model):
     def __str__(self) -> str:
         return self.certificate_id
 
+    @property
+    def attached_policy(self) -> str:
+        """The policy to detach from this certificate (older rows recorded none: the default then)."""
+        from django.conf import settings
+
+        return self.policy_name or settings.CVM_IOT_POLICY_NAME
+
 
 class AuditKind(models.TextChoices):
     DEVICE_REGISTERED = "device_registered", "device registered"
@@ -223,6 +251,7 @@ class AuditKind(models.TextChoices):
     ROTATION_REPLAYED = "rotation_replayed", "lost rotation answer given again"
     ROTATION_CONFIRMED = "rotation_confirmed", "rotation confirmed"
     ROTATION_ROLLED_BACK = "rotation_rolled_back", "rotation rolled back"
+    PRODUCT_CONFIGURED = "product_configured", "product configured"
     ADMIN_LOGIN = "admin_login", "staff login"
     ADMIN_LOGIN_FAILED = "admin_login_failed", "staff login failed"
 

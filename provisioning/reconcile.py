@@ -24,6 +24,7 @@ from .models import AuditKind, Certificate, CertificateStatus, Device, DeviceAct
 from .selectors import device_association_item
 from .services import claim_is_stale, claim_recover, device_transition
 from .services.rotation import rotation_claim_recover, rotation_complete, rotation_rollback
+from .services.vending import thing_attributes
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +87,16 @@ def _table_differences(devices: dict[str, Device]) -> list[Difference]:
 # --- AWS IoT ------------------------------------------------------------------------------------
 
 
-def _in_aws(action: Callable[..., None], info: aws.CertificateInfo, thing_name: str) -> Callable[[], None]:
+def _in_aws(
+    action: Callable[..., None], info: aws.CertificateInfo, thing_name: str, policy_name: str
+) -> Callable[[], None]:
     """A repair that revokes or discards one certificate the thing holds."""
     return functools.partial(
         action,
         certificate_id=info.certificate_id,
         certificate_arn=info.arn,
         thing_name=thing_name,
-        policy_name=settings.CVM_IOT_POLICY_NAME,
+        policy_name=policy_name,
     )
 
 
@@ -104,7 +107,7 @@ def _record_lost_certificate(device: Device, certificate: Certificate, why: str)
             certificate_id=certificate.certificate_id,
             certificate_arn=certificate.arn,
             thing_name=certificate.thing_name,
-            policy_name=settings.CVM_IOT_POLICY_NAME,
+            policy_name=certificate.attached_policy,
         )
         with transaction.atomic():
             revoked = device_transition(
@@ -136,11 +139,11 @@ def _usable_certificate_differences(
     certificate: Certificate,
     info: aws.CertificateInfo,
     on_thing: dict[str, aws.CertificateInfo],
-    policy_targets: set[str],
+    targets: PolicyTargets,
 ) -> list[Difference]:
     """What keeps a certificate the device should be able to use (its current one, or the one pending in a
-    rotation) from working: not ACTIVE, not attached to the thing, or without the policy."""
-    serial, thing_name, policy = device.serial, device.thing_name, settings.CVM_IOT_POLICY_NAME
+    rotation) from working: not ACTIVE, not attached to the thing, or without its product's policy."""
+    serial, thing_name, policy = device.serial, device.thing_name, device.product.policy_name
     role = "active" if certificate.status == CertificateStatus.ACTIVE else "pending"
     differences = []
     if info.status != "ACTIVE":
@@ -161,22 +164,98 @@ def _usable_certificate_differences(
                 lambda: aws.thing_attach(thing_name=thing_name, certificate_arn=certificate.arn),
             )
         )
-    if certificate.arn not in policy_targets:
+    if certificate.arn not in targets.of(policy):
+        recorded = certificate.attached_policy
+        differs = recorded != policy and certificate.arn in targets.of(recorded)
+
+        def attach_product_policy() -> None:
+            aws.policy_attach(policy_name=policy, certificate_arn=certificate.arn)
+            if differs:
+                aws.policy_detach(policy_name=recorded, certificate_arn=certificate.arn)
+            Certificate.objects.filter(pk=certificate.pk).update(policy_name=policy)
+
         differences.append(
             Difference(
                 serial,
-                "policy_detached",
-                f"policy {policy} is not attached to {certificate.certificate_id}",
-                lambda: aws.policy_attach(policy_name=policy, certificate_arn=certificate.arn),
+                "policy_differs" if differs else "policy_detached",
+                f"{certificate.certificate_id} has policy {recorded}, its product {device.product.name} names {policy}"
+                if differs
+                else f"policy {policy} is not attached to {certificate.certificate_id}",
+                attach_product_policy,
             )
         )
     return differences
 
 
-def _device_iot_differences(device: Device, policy_targets: set[str]) -> list[Difference]:
+def _thing_differences(device: Device) -> list[Difference]:
+    """Where the thing differs from what its product and the device's attributes ask (SPEC §5.1).
+
+    Groups the product names must hold the thing; groups someone else added it to are left alone.
+    """
+    serial, thing_name, product = device.serial, device.thing_name, device.product
+    expected = thing_attributes(device)
+    thing = aws.thing_describe(thing_name=thing_name)
+    if thing is None:
+        return [
+            Difference(
+                serial,
+                "thing_missing",
+                f"thing {thing_name} does not exist in AWS IoT; it will be created",
+                lambda: aws.thing_ensure(thing_name=thing_name, attributes=expected, thing_type=product.thing_type),
+            )
+        ]
+    differences = []
+
+    def reshape() -> None:
+        aws.thing_update(thing_name=thing_name, attributes=expected, thing_type=product.thing_type)
+
+    if thing.thing_type != product.thing_type:
+        differences.append(
+            Difference(
+                serial,
+                "thing_type_differs",
+                f"thing {thing_name} has type {thing.thing_type or '-'}, its product {product.name} names "
+                f"{product.thing_type or '-'}",
+                reshape,
+            )
+        )
+    if thing.attributes != expected:
+        changed = sorted(
+            k for k in expected.keys() | thing.attributes.keys() if expected.get(k) != thing.attributes.get(k)
+        )
+        differences.append(
+            Difference(
+                serial, "thing_attributes_differ", f"thing {thing_name} differs in {', '.join(changed)}", reshape
+            )
+        )
+    missing = [group for group in product.thing_groups if group not in thing.groups]
+    if missing:
+
+        def join() -> None:
+            for group in missing:
+                aws.thing_group_add(thing_name=thing_name, group_name=group)
+
+        differences.append(
+            Difference(serial, "thing_groups_differ", f"thing {thing_name} is not in {', '.join(missing)}", join)
+        )
+    return differences
+
+
+@dataclass
+class PolicyTargets:
+    """The certificates each policy is attached to, listed once per policy per reconcile run."""
+
+    lists: dict[str, set[str]] = field(default_factory=dict)
+
+    def of(self, policy: str) -> set[str]:
+        if policy not in self.lists:
+            self.lists[policy] = aws.policy_targets(policy_name=policy)
+        return self.lists[policy]
+
+
+def _device_iot_differences(device: Device, targets: PolicyTargets) -> list[Difference]:
     serial = device.serial
     thing_name = device.thing_name
-    policy = settings.CVM_IOT_POLICY_NAME
     known = {c.certificate_id: c for c in Certificate.objects.filter(device=device)}
     current = device.current_certificate if device.state == DeviceState.ACTIVE else None
     on_thing = {info.certificate_id: info for info in aws.thing_certificates(thing_name=thing_name)}
@@ -191,7 +270,7 @@ def _device_iot_differences(device: Device, policy_targets: set[str]) -> list[Di
                         serial,
                         "orphan_certificate",
                         f"{certificate_id} is ACTIVE in AWS IoT but not recorded; it will be revoked, not adopted",
-                        _in_aws(aws.certificate_revoke, info, thing_name),
+                        _in_aws(aws.certificate_revoke, info, thing_name, device.product.policy_name),
                     )
                 )
             elif info.status != "REVOKED":
@@ -200,7 +279,7 @@ def _device_iot_differences(device: Device, policy_targets: set[str]) -> list[Di
                         serial,
                         "leftover_certificate",
                         f"{certificate_id} ({info.status}) from an issuance that did not finish",
-                        _in_aws(aws.certificate_discard, info, thing_name),
+                        _in_aws(aws.certificate_discard, info, thing_name, device.product.policy_name),
                     )
                 )
         elif recorded.status == CertificateStatus.REVOKED and info.status != "REVOKED":
@@ -209,7 +288,7 @@ def _device_iot_differences(device: Device, policy_targets: set[str]) -> list[Di
                     serial,
                     "revoked_certificate_usable",
                     f"{certificate_id} is revoked in the database but {info.status} in AWS IoT",
-                    _in_aws(aws.certificate_revoke, info, thing_name),
+                    _in_aws(aws.certificate_revoke, info, thing_name, recorded.attached_policy),
                 )
             )
 
@@ -263,20 +342,23 @@ def _device_iot_differences(device: Device, policy_targets: set[str]) -> list[Di
         current = None
     for certificate in (c for c in (current, pending) if c is not None):
         differences.extend(
-            _usable_certificate_differences(
-                device, certificate, infos[certificate.certificate_id], on_thing, policy_targets
-            )
+            _usable_certificate_differences(device, certificate, infos[certificate.certificate_id], on_thing, targets)
         )
     for certificate in known.values():
-        if certificate.status == CertificateStatus.REVOKED and certificate.arn in policy_targets:
+        policy = certificate.attached_policy
+        if certificate.status == CertificateStatus.REVOKED and certificate.arn in targets.of(policy):
             differences.append(
                 Difference(
                     serial,
                     "revoked_certificate_has_policy",
                     f"policy {policy} is still attached to revoked {certificate.certificate_id}",
-                    lambda arn=certificate.arn: aws.policy_detach(policy_name=policy, certificate_arn=arn),
+                    lambda arn=certificate.arn, policy=policy: aws.policy_detach(
+                        policy_name=policy, certificate_arn=arn
+                    ),
                 )
             )
+    if current is not None or pending is not None:
+        differences.extend(_thing_differences(device))
     return differences
 
 
@@ -313,7 +395,7 @@ def reconcile_find() -> list[Difference]:
         )
     }
     differences = _table_differences(devices)
-    targets = aws.policy_targets(policy_name=settings.CVM_IOT_POLICY_NAME)
+    targets = PolicyTargets()
     for device in devices.values():
         stale_claim = _claim_differences(device)
         differences.extend(stale_claim)

@@ -121,11 +121,15 @@ class VendOutputSerializer(serializers.Serializer):
     private_key_pem = serializers.CharField(required=False, help_text="only when no CSR was sent")
     iot_endpoint = serializers.CharField(help_text="the account's iot:Data-ATS endpoint")
     root_ca_pem = serializers.CharField(help_text="Amazon Root CA 1")
+    rotate_after = serializers.DateTimeField(
+        required=False, help_text="ISO 8601 UTC; only when the device's product asks for rotation after N days"
+    )
 
     def to_representation(self, instance: Any) -> dict[str, Any]:
         body = super().to_representation(instance)
-        if body.get("private_key_pem") is None:
-            body.pop("private_key_pem", None)  # never null: absent when the device holds its own key
+        for optional in ("private_key_pem", "rotate_after"):
+            if body.get(optional) is None:
+                body.pop(optional, None)  # never null: absent when it does not apply
         return body
 
 

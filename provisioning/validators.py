@@ -7,6 +7,7 @@ rules: the emulator accepts anything, AWS refuses the call, and a device would g
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 SERIAL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9:_-]{0,63}$"
 SERIAL_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9:_-]{0,63}\Z")
@@ -52,6 +53,70 @@ def product_name_check(name: str) -> str:
     if not PRODUCT_NAME_RE.match(name):
         raise InputInvalid(f"{name[:70]!r}: {PRODUCT_NAME_MESSAGE}")
     return name
+
+
+# AWS IoT quotas (https://docs.aws.amazon.com/general/latest/gr/iot-core.html#thing-limits, "Things"):
+# a thing without a thing type may have at most 3 attributes, one with a thing type at most 50. The
+# portal's own two (`serial`, `product`) count toward them.
+MAX_ATTRIBUTES_WITHOUT_TYPE, MAX_ATTRIBUTES_WITH_TYPE = 3, 50
+PORTAL_ATTRIBUTES = ("serial", "product")
+
+
+def attribute_check(name: str, value: str) -> None:
+    """One thing attribute against AWS IoT's rules; InputInvalid says which part breaks which rule."""
+    if name in PORTAL_ATTRIBUTES:
+        raise InputInvalid(f"attribute {name!r} is the portal's own; choose another name")
+    if not ATTRIBUTE_NAME_RE.match(name):
+        raise InputInvalid(
+            f"attribute name {name[:70]!r} must be 1-128 of letters, digits and _ . , @ / : # - (AWS IoT's rule)"
+        )
+    if not ATTRIBUTE_VALUE_RE.match(value):
+        raise InputInvalid(
+            f"value of {name!r} must be at most 800 of letters, digits and _ . , @ / : # = [ ] - (AWS IoT's rule)"
+        )
+
+
+def attribute_count_check(count: int, *, has_thing_type: bool) -> None:
+    """The number of a device's own attributes, given whether its product has a thing type."""
+    limit = (MAX_ATTRIBUTES_WITH_TYPE if has_thing_type else MAX_ATTRIBUTES_WITHOUT_TYPE) - len(PORTAL_ATTRIBUTES)
+    if count > limit:
+        raise InputInvalid(
+            f"{count} attributes, but a thing {'with' if has_thing_type else 'without'} a thing type may have "
+            f"{limit} beside serial and product (AWS IoT allows {limit + len(PORTAL_ATTRIBUTES)} in all)"
+        )
+
+
+def thing_type_name_check(name: str, what: str = "thing type") -> str:
+    if not THING_NAME_RE.match(name):
+        raise InputInvalid(f"{what} {name[:70]!r} must be 1-128 of letters, digits, ':', '_' and '-' (AWS IoT's rule)")
+    return name
+
+
+def policy_name_check(name: str) -> str:
+    if not POLICY_NAME_RE.match(name):
+        raise InputInvalid(f"policy {name[:70]!r} must be 1-128 of letters, digits and + = , . @ _ - (AWS IoT's rule)")
+    return name
+
+
+def validate_thing_type_name(value: str) -> None:
+    """The thing type rule as a Django validator (empty: no thing type)."""
+    _as_validation_error(thing_type_name_check, value)
+
+
+def validate_policy_name(value: str) -> None:
+    """The policy name rule as a Django validator (empty: the default policy)."""
+    _as_validation_error(policy_name_check, value)
+
+
+def _as_validation_error(check: Callable[[str], object], value: str) -> None:
+    from django.core.exceptions import ValidationError
+
+    if not value:
+        return
+    try:
+        check(value)
+    except InputInvalid as exc:
+        raise ValidationError(str(exc), code="invalid") from None
 
 
 def validate_product_name(value: str) -> None:

@@ -57,6 +57,13 @@ def test_every_operation_sent_is_an_iam_action_and_every_iam_action_is_sent(api,
 
         plain = make_device("SN-PLAIN")
         assert vend(api, plain.serial, plain.token).status_code == 201
+        # A product with its own policy, a thing type and groups: made in AWS IoT, used at issuance.
+        call_command(
+            "configure_product", "shaped", "--iot-policy", "shaped-policy", "--thing-type", "shaped-type",
+            "--thing-group", "shaped-a", "shaped-b", stdout=open("/dev/null", "w"),  # noqa: SIM115
+        )  # fmt: skip
+        shaped = make_device("SN-SHAPED", product="shaped")
+        assert vend(api, shaped.serial, shaped.token).status_code == 201
 
         # A thing that already holds certificates: one ACTIVE (revoked) and one never activated
         # (deleted), so issuance lists, describes, revokes, detaches and deletes.

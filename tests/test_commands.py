@@ -74,7 +74,7 @@ def test_import_with_a_bad_row_imports_nothing_and_names_each_line(tmp_path, cap
     assert Device.objects.count() == 0
 
 
-@pytest.mark.parametrize("content", ["", "name\nSN-1\n", "serial,product,extra\nSN-1,a,b\n"])
+@pytest.mark.parametrize("content", ["", "name\nSN-1\n", "serial,product,bad name\nSN-1,a,b\n"])
 def test_import_refuses_a_file_without_the_right_header(tmp_path, content):
     with pytest.raises(CommandError):
         call_command("import_serials", str(write(tmp_path, "s.csv", content)))

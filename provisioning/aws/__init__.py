@@ -27,6 +27,7 @@ from .dynamodb import association_delete, association_put, association_replace, 
 from .iot import (
     CertificateInfo,
     NewCertificate,
+    ThingInfo,
     certificate_activate,
     certificate_create,
     certificate_describe,
@@ -42,7 +43,12 @@ from .iot import (
     policy_targets,
     thing_attach,
     thing_certificates,
+    thing_describe,
     thing_ensure,
+    thing_group_add,
+    thing_group_ensure,
+    thing_type_ensure,
+    thing_update,
 )
 from .s3 import anchor_put, anchors_list
 
@@ -64,9 +70,16 @@ IAM_ACTIONS: frozenset[str] = frozenset(
         "iot:DetachPolicy",
         "iot:DeleteCertificate",
         "iot:ListTargetsForPolicy",
-        # AWS IoT: bootstrap_aws
+        # AWS IoT: products (bootstrap_aws, configure_product, issuance, reconcile)
         "iot:GetPolicy",
         "iot:CreatePolicy",
+        "iot:DescribeThingType",
+        "iot:CreateThingType",
+        "iot:DescribeThingGroup",
+        "iot:CreateThingGroup",
+        "iot:AddThingToThingGroup",
+        "iot:DescribeThing",
+        "iot:ListThingGroupsForThing",
         # DynamoDB: the association table (and the reference CVM's table for import_legacy_table)
         "dynamodb:PutItem",
         "dynamodb:DeleteItem",
@@ -96,6 +109,7 @@ __all__ = [
     "AwsUnavailable",
     "CertificateInfo",
     "NewCertificate",
+    "ThingInfo",
     "anchor_put",
     "anchors_list",
     "association_delete",
@@ -121,5 +135,10 @@ __all__ = [
     "table_scan",
     "thing_attach",
     "thing_certificates",
+    "thing_describe",
     "thing_ensure",
+    "thing_group_add",
+    "thing_group_ensure",
+    "thing_type_ensure",
+    "thing_update",
 ]

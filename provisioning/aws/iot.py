@@ -42,16 +42,90 @@ def iot_data_endpoint() -> str:
     return response["endpointAddress"]
 
 
-def thing_ensure(*, thing_name: str, attributes: dict[str, str]) -> None:
-    """Create the thing, or bring its attributes up to date when it already exists."""
+def thing_ensure(*, thing_name: str, attributes: dict[str, str], thing_type: str = "") -> None:
+    """Create the thing (with its thing type, when one is given), or bring its attributes and type up to
+    date when it already exists."""
     payload = {"attributes": attributes, "merge": True}
+    typed = {"thingTypeName": thing_type} if thing_type else {}
     try:
-        iot("CreateThing", thingName=thing_name, attributePayload=payload, expected=ALREADY_EXISTS)
+        iot("CreateThing", thingName=thing_name, attributePayload=payload, expected=ALREADY_EXISTS, **typed)
     except AwsRejected as exc:
-        # AWS answers ResourceAlreadyExists when the thing exists with other attributes.
+        # AWS answers ResourceAlreadyExists when the thing exists with other attributes or another type.
         if exc.code != "ResourceAlreadyExistsException":
             raise
-        iot("UpdateThing", thingName=thing_name, attributePayload=payload)
+        iot("UpdateThing", thingName=thing_name, attributePayload=payload, **typed)
+
+
+@dataclass(frozen=True)
+class ThingInfo:
+    thing_type: str  # "" when the thing has none
+    attributes: dict[str, str]
+    groups: frozenset[str]
+
+
+def thing_describe(*, thing_name: str) -> ThingInfo | None:
+    """The thing's type, attributes and thing groups (static and dynamic); None when it does not exist."""
+    try:
+        thing = iot("DescribeThing", thingName=thing_name, expected=MISSING)
+    except AwsRejected as exc:
+        if exc.code in MISSING:
+            return None
+        raise
+    groups: set[str] = set()
+    kwargs: dict[str, Any] = {"thingName": thing_name, "maxResults": 250}
+    while True:
+        page = iot("ListThingGroupsForThing", **kwargs)
+        groups.update(group["groupName"] for group in page.get("thingGroups", []))
+        if not page.get("nextToken"):
+            break
+        kwargs["nextToken"] = page["nextToken"]
+    return ThingInfo(
+        thing_type=thing.get("thingTypeName") or "",
+        attributes=dict(thing.get("attributes") or {}),
+        groups=frozenset(groups),
+    )
+
+
+def thing_update(*, thing_name: str, attributes: dict[str, str], thing_type: str) -> None:
+    """Set the thing's attributes to exactly `attributes`, and its type to `thing_type` ("" removes it)."""
+    typed: dict[str, Any] = {"thingTypeName": thing_type} if thing_type else {"removeThingType": True}
+    current = thing_describe(thing_name=thing_name)
+    # AWS IoT removes an attribute that is given with an empty value when merge is on.
+    removed = {name: "" for name in (current.attributes if current else {}) if name not in attributes}
+    iot(
+        "UpdateThing",
+        thingName=thing_name,
+        attributePayload={"attributes": {**attributes, **removed}, "merge": True},
+        **typed,
+    )
+
+
+def thing_group_add(*, thing_name: str, group_name: str) -> None:
+    iot("AddThingToThingGroup", thingName=thing_name, thingGroupName=group_name)
+
+
+def thing_type_ensure(*, thing_type: str) -> bool:
+    """Create the thing type when missing; True when it was created."""
+    try:
+        iot("DescribeThingType", thingTypeName=thing_type, expected=MISSING)
+        return False
+    except AwsRejected as exc:
+        if exc.code not in MISSING:
+            raise
+    iot("CreateThingType", thingTypeName=thing_type)
+    return True
+
+
+def thing_group_ensure(*, group_name: str) -> bool:
+    """Create the static thing group when missing; True when it was created."""
+    try:
+        iot("DescribeThingGroup", thingGroupName=group_name, expected=MISSING)
+        return False
+    except AwsRejected as exc:
+        if exc.code not in MISSING:
+            raise
+    iot("CreateThingGroup", thingGroupName=group_name)
+    return True
 
 
 def certificate_create(*, csr_pem: str | None) -> NewCertificate:
@@ -192,6 +266,8 @@ def certificate_provision(
     attributes: dict[str, str],
     csr_pem: str | None,
     policy_name: str,
+    thing_type: str = "",
+    thing_groups: tuple[str, ...] = (),
     known_certificate_ids: frozenset[str] = frozenset(),
     keep_certificate_ids: frozenset[str] = frozenset(),
 ) -> NewCertificate:
@@ -200,7 +276,8 @@ def certificate_provision(
     Three dependent stages; the calls within a stage run concurrently:
       1. create the thing | create the certificate (INACTIVE) | look up the data endpoint
          | list what the thing already holds
-      2. attach the policy | attach the certificate to the thing | revoke what the thing held
+      2. attach the policy | attach the certificate to the thing | add the thing to each of
+         `thing_groups` | revoke what the thing held
          (`_strays_remove`; `known_certificate_ids` are the ones the database recorded, and
          `keep_certificate_ids` stay as they are: the current certificate, during a rotation)
       3. activate the certificate
@@ -209,7 +286,7 @@ def certificate_provision(
     which claim recovery and `reconcile` remove.
     """
     pool = executor()
-    thing_future = pool.submit(thing_ensure, thing_name=thing_name, attributes=attributes)
+    thing_future = pool.submit(thing_ensure, thing_name=thing_name, attributes=attributes, thing_type=thing_type)
     cert_future = pool.submit(certificate_create, csr_pem=csr_pem)
     endpoint_future = pool.submit(iot_data_endpoint)
     # Listed before our certificate is attached, so everything found here is someone else's.
@@ -223,6 +300,7 @@ def certificate_provision(
         attach_futures = [
             pool.submit(policy_attach, policy_name=policy_name, certificate_arn=certificate.arn),
             pool.submit(thing_attach, thing_name=thing_name, certificate_arn=certificate.arn),
+            *(pool.submit(thing_group_add, thing_name=thing_name, group_name=group) for group in thing_groups),
         ]
         strays_removed = pool.submit(
             _strays_remove, strays, known=known_certificate_ids, thing_name=thing_name, policy_name=policy_name

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
 from ..audit import NewEvent, audit_append_many
-from ..bulk import chunks, db_datetime, insert_rows
+from ..bulk import chunks, db_datetime, db_json, insert_rows
 from ..models import AuditKind, Device, DeviceState, Product
 from ..selectors import association_item
-from ..validators import PRODUCT_NAME_MESSAGE, PRODUCT_NAME_RE, SERIAL_RE, InputInvalid, product_name_check
+from ..validators import (
+    PRODUCT_NAME_MESSAGE,
+    PRODUCT_NAME_RE,
+    SERIAL_RE,
+    InputInvalid,
+    attribute_check,
+    attribute_count_check,
+    product_name_check,
+)
 from .common import DEFAULT_PRODUCT, ServiceError, outbox_insert, thing_name_for
 
 
@@ -22,6 +31,7 @@ class ImportRow:
     line: int
     serial: str
     product: str
+    attributes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -37,17 +47,48 @@ class ImportInvalid(ServiceError):
         self.errors = errors
 
 
-def serials_parse_csv(text: str, *, default_product: str | None = None) -> list[ImportRow]:
-    """Parse `serial[,product]` CSV; raise ImportInvalid listing every bad line, or return all rows."""
-    reader = csv.reader(io.StringIO(text))
+def _header(reader: Any) -> tuple[int | None, dict[int, str]]:
+    """(index of the product column, {index: attribute name}) from the header; ImportInvalid if wrong."""
     try:
-        header = [column.strip().lower() for column in next(reader)]
+        raw = [column.strip() for column in next(reader)]
     except StopIteration:
-        raise ImportInvalid(["line 1: the file is empty; expected the header serial[,product]"]) from None
+        raise ImportInvalid(
+            ["line 1: the file is empty; expected the header serial[,product][,attribute ...]"]
+        ) from None
     except csv.Error as exc:
         raise ImportInvalid([f"line 1: {exc}"]) from None
-    if header not in (["serial"], ["serial", "product"]):
-        raise ImportInvalid(["line 1: the header must be serial or serial,product"])
+    names = [column.lower() for column in raw]
+    if not names or names[0] != "serial":
+        raise ImportInvalid(["line 1: the header must start with serial (then product, and thing attributes)"])
+    product_column = names.index("product") if "product" in names else None
+    attributes = {index: raw[index] for index in range(1, len(raw)) if index != product_column}
+    errors = []
+    for index, name in attributes.items():
+        try:
+            attribute_check(name, "")
+        except InputInvalid as exc:
+            errors.append(f"line 1: column {index + 1}: {exc}")
+    repeated = sorted({name for name in attributes.values() if list(attributes.values()).count(name) > 1})
+    errors.extend(f"line 1: column {name!r} appears twice" for name in repeated)
+    if names.count("serial") > 1 or names.count("product") > 1:
+        errors.append("line 1: serial and product may appear once each")
+    if errors:
+        raise ImportInvalid(errors)
+    return product_column, attributes
+
+
+def serials_parse_csv(text: str, *, default_product: str | None = None) -> list[ImportRow]:
+    """Parse `serial[,product][,attribute ...]` CSV; raise ImportInvalid listing every bad line, or return
+    all rows.
+
+    Columns after serial other than `product` are thing attributes: the header cell is the attribute's
+    name, each row's cell its value (an empty cell: the device has no such attribute). Names and values
+    are checked against AWS IoT's rules here; how many a thing may have depends on its product's thing
+    type, which `devices_import` checks.
+    """
+    reader = csv.reader(io.StringIO(text))
+    product_column, attribute_columns = _header(reader)
+    width = 1 + (product_column is not None) + len(attribute_columns)
     rows: list[ImportRow] = []
     errors: list[str] = []
     seen: dict[str, int] = {}
@@ -56,11 +97,17 @@ def serials_parse_csv(text: str, *, default_product: str | None = None) -> list[
             line = reader.line_num
             if not values or all(not value.strip() for value in values):
                 continue
-            if len(values) > len(header):
-                errors.append(f"line {line}: expected {len(header)} column(s), found {len(values)}")
+            if len(values) > width:
+                errors.append(f"line {line}: expected {width} column(s), found {len(values)}")
                 continue
             serial = values[0].strip()
-            product = (values[1].strip() if len(values) > 1 else "") or default_product or DEFAULT_PRODUCT
+            cell = values[product_column].strip() if product_column is not None and product_column < len(values) else ""
+            product = cell or default_product or DEFAULT_PRODUCT
+            attributes = {
+                name: values[index].strip()
+                for index, name in attribute_columns.items()
+                if index < len(values) and values[index].strip()
+            }
             if not SERIAL_RE.match(serial):
                 errors.append(f"line {line}: {serial[:70]!r} is not a valid serial")
             elif serial in seen:
@@ -68,13 +115,38 @@ def serials_parse_csv(text: str, *, default_product: str | None = None) -> list[
             elif not PRODUCT_NAME_RE.match(product):
                 errors.append(f"line {line}: {product[:70]!r}: {PRODUCT_NAME_MESSAGE}")
             else:
+                bad = _attribute_problem(attributes)
+                if bad:
+                    errors.append(f"line {line}: {bad}")
+                    continue
                 seen[serial] = line
-                rows.append(ImportRow(line=line, serial=serial, product=product))
+                rows.append(ImportRow(line=line, serial=serial, product=product, attributes=attributes))
     except csv.Error as exc:
         errors.append(f"line {reader.line_num}: {exc}")
     if errors:
         raise ImportInvalid(errors)
     return rows
+
+
+def _attribute_problem(attributes: dict[str, str]) -> str | None:
+    for name, value in attributes.items():
+        try:
+            attribute_check(name, value)
+        except InputInvalid as exc:
+            return str(exc)
+    return None
+
+
+def _check_attribute_counts(rows: list[ImportRow], typed_products: set[str]) -> None:
+    """How many attributes each device may have depends on whether its product has a thing type."""
+    errors = []
+    for row in rows:
+        try:
+            attribute_count_check(len(row.attributes), has_thing_type=row.product in typed_products)
+        except InputInvalid as exc:
+            errors.append(f"line {row.line}: {exc}")
+    if errors:
+        raise ImportInvalid(errors)
 
 
 def devices_import(*, rows: list[ImportRow], actor: str, note: dict[str, str] | None = None) -> ImportReport:
@@ -85,6 +157,10 @@ def devices_import(*, rows: list[ImportRow], actor: str, note: dict[str, str] | 
     now = timezone.now()
     with transaction.atomic():
         product_names = sorted({row.product for row in rows})
+        typed = set(
+            Product.objects.filter(name__in=product_names).exclude(thing_type="").values_list("name", flat=True)
+        )
+        _check_attribute_counts(rows, typed)  # before anything is written
         existing = set(Product.objects.filter(name__in=product_names).values_list("name", flat=True))
         missing = [Product(name=name) for name in product_names if name not in existing]
         Product.objects.bulk_create(missing)
@@ -97,10 +173,10 @@ def devices_import(*, rows: list[ImportRow], actor: str, note: dict[str, str] | 
         stamp = db_datetime(now)
         insert_rows(
             Device,
-            ["serial", "product_id", "state", "token_digest", "thing_name", "aws_cleanup_pending", "version",
-             "created_at", "updated_at"],
-            ((row.serial, product_ids[row.product], DeviceState.REGISTERED, "", thing_name_for(row.serial), False, 1,
-              stamp, stamp) for row in new_rows),
+            ["serial", "product_id", "state", "token_digest", "thing_name", "attributes", "aws_cleanup_pending",
+             "version", "created_at", "updated_at"],
+            ((row.serial, product_ids[row.product], DeviceState.REGISTERED, "", thing_name_for(row.serial),
+              db_json(row.attributes), False, 1, stamp, stamp) for row in new_rows),
         )  # fmt: skip
         audit_append_many(
             [

@@ -37,7 +37,7 @@ def device_revoke(*, serial: str, reason: str, actor: str) -> Device:
             certificate_id=revoked_certificate.certificate_id,
             certificate_arn=revoked_certificate.arn,
             thing_name=revoked_certificate.thing_name,
-            policy_name=settings.CVM_IOT_POLICY_NAME,
+            policy_name=revoked_certificate.attached_policy,
         )
     with transaction.atomic():
         Certificate.objects.filter(pk__in=[c.pk for c in (certificate, pending) if c is not None]).update(

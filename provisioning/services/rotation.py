@@ -37,7 +37,7 @@ from .vending import (
     _discard_unknown_certificates,
     claim_is_stale,
     claim_retry_after,
-    thing_attributes,
+    provision_shape,
     vend_result,
 )
 
@@ -235,18 +235,18 @@ def _issue(
     current = device.current_certificate
     assert current is not None
     replaced = device.pending_certificate
-    policy_name = settings.CVM_IOT_POLICY_NAME
+    shape = provision_shape(device)
+    policy_name = str(shape["policy_name"])
     known = frozenset(Certificate.objects.filter(device=device).values_list("certificate_id", flat=True))
     try:
         # Everything else the thing holds (a pending certificate this rotation replaces, strays) is
         # revoked before the new certificate is activated; the current one stays ACTIVE.
         new = aws.certificate_provision(
             thing_name=device.thing_name,
-            attributes=thing_attributes(device),
             csr_pem=csr.pem,
-            policy_name=policy_name,
             known_certificate_ids=known,
             keep_certificate_ids=frozenset({current.certificate_id}),
+            **shape,  # type: ignore[arg-type]
         )
     except aws.AwsError as exc:
         _release(
@@ -272,6 +272,7 @@ def _issue(
                 issued_to_address=client_address,
                 public_key_pem=csr.public_key_pem,
                 certificate_pem=new.certificate_pem,
+                policy_name=policy_name,
                 previous_certificate=current,
             )
             if replaced is not None:
@@ -390,7 +391,7 @@ def _confirm(device: Device, *, actor: str, client_address: str | None) -> Confi
             certificate_id=current.certificate_id,
             certificate_arn=current.arn,
             thing_name=current.thing_name,
-            policy_name=settings.CVM_IOT_POLICY_NAME,
+            policy_name=current.attached_policy,
         )
     except aws.AwsError as exc:
         _release(device, claim_id, client_address=client_address, actor=actor, step="confirm", code=exc.code)
@@ -446,7 +447,7 @@ def rotation_rollback(*, device: Device, actor: str, reason: str) -> bool:
             certificate_id=pending.certificate_id,
             certificate_arn=pending.arn,
             thing_name=pending.thing_name,
-            policy_name=settings.CVM_IOT_POLICY_NAME,
+            policy_name=pending.attached_policy,
         )
     except aws.AwsError as exc:
         _release(device, claim_id, client_address=None, actor=actor, step="rollback", code=exc.code)

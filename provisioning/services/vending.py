@@ -62,6 +62,7 @@ class VendResult:
     root_ca_pem: str
     public_key_pem: str | None = None
     replayed: bool = False  # a lost answer given again (200), not a new certificate (201)
+    rotate_after: datetime | None = None  # when the product wants the certificate rotated
 
 
 def _refuse(serial: str, reason: str, client_address: str | None) -> VendRefused:
@@ -202,8 +203,26 @@ def certificate_vend(*, serial: str, token: str, csr: ValidatedCsr | None, clien
 
 
 def thing_attributes(device: Device) -> dict[str, str]:
-    """The attributes a device's thing carries in AWS IoT."""
-    return {"serial": device.serial, "product": device.product.name}
+    """The attributes a device's thing carries in AWS IoT: the portal's two and the device's own."""
+    return {**device.attributes, "serial": device.serial, "product": device.product.name}
+
+
+def provision_shape(device: Device) -> dict[str, object]:
+    """What the device's product asks of its thing and certificate (SPEC §5.1), as certificate_provision
+    takes it."""
+    product = device.product
+    return {
+        "attributes": thing_attributes(device),
+        "policy_name": product.policy_name,
+        "thing_type": product.thing_type,
+        "thing_groups": tuple(product.thing_groups),
+    }
+
+
+def rotate_after(device: Device, issued_at: datetime) -> datetime | None:
+    """When the product wants this certificate rotated, or None."""
+    days = device.product.rotate_after_days
+    return issued_at + timedelta(days=days) if days else None
 
 
 def vend_result(device: Device, certificate: Certificate, *, replayed: bool) -> VendResult:
@@ -218,6 +237,7 @@ def vend_result(device: Device, certificate: Certificate, *, replayed: bool) -> 
         iot_endpoint=aws.iot_data_endpoint(),
         root_ca_pem=amazon_root_ca_pem(),
         replayed=replayed,
+        rotate_after=rotate_after(device, certificate.issued_at),
     )
 
 
@@ -297,15 +317,15 @@ def _issue_claimed(
 ) -> VendResult:
     key_origin = KeyOrigin.CSR if csr else KeyOrigin.AWS
     thing_name = device.thing_name
-    policy_name = settings.CVM_IOT_POLICY_NAME
+    shape = provision_shape(device)
+    policy_name = str(shape["policy_name"])
     known = frozenset(Certificate.objects.filter(device=device).values_list("certificate_id", flat=True))
     try:
         new = aws.certificate_provision(
             thing_name=thing_name,
-            attributes=thing_attributes(device),
             csr_pem=csr.pem if csr else None,
-            policy_name=policy_name,
             known_certificate_ids=known,
+            **shape,  # type: ignore[arg-type]
         )
     except aws.AwsError as exc:
         _release_claim(
@@ -360,6 +380,7 @@ def _issue_claimed(
         iot_endpoint=aws.iot_data_endpoint(),
         root_ca_pem=amazon_root_ca_pem(),
         public_key_pem=new.public_key_pem,
+        rotate_after=rotate_after(device, timezone.now()),
     )
 
 
@@ -403,6 +424,7 @@ def _record_issued_once(
         certificate = Certificate.objects.create(
             public_key_pem=public_key_pem,
             certificate_pem=new.certificate_pem,
+            policy_name=device.product.policy_name,
             device=device,
             certificate_id=new.certificate_id,
             arn=new.arn,
@@ -451,6 +473,11 @@ def unknown_thing_certificates(device: Device) -> list[aws.CertificateInfo]:
     return [info for info in aws.thing_certificates(thing_name=device.thing_name) if info.certificate_id not in known]
 
 
+def info_policy(device: Device) -> str:
+    # An unrecorded certificate's policy is unknown: the product's is the one an issuance attached.
+    return device.product.policy_name
+
+
 def _discard_unknown_certificates(device: Device) -> list[str]:
     """Deactivate, detach and delete what the thing holds that the database never recorded."""
     discarded = []
@@ -459,7 +486,7 @@ def _discard_unknown_certificates(device: Device) -> list[str]:
             certificate_id=info.certificate_id,
             certificate_arn=info.arn,
             thing_name=device.thing_name,
-            policy_name=settings.CVM_IOT_POLICY_NAME,
+            policy_name=info_policy(device),
         )
         discarded.append(info.certificate_id)
     return discarded

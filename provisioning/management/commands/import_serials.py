@@ -6,10 +6,13 @@ from ._base import PortalCommand, product_arg
 
 
 class Command(PortalCommand):
-    help = "Register serials from a CSV file with the header serial[,product]; all rows or none."
+    help = (
+        "Register serials from a CSV file with the header serial[,product][,attribute ...]; extra columns are "
+        "thing attributes (the header names them). All rows or none; each bad row is reported with its line."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("file", help="CSV file, header serial or serial,product")
+        parser.add_argument("file", help="CSV file, header serial[,product][,attribute ...]")
         parser.add_argument("--product", type=product_arg, help="product for rows that name none (default: 'default')")
 
     def handle(self, *args, file, product, **options):
@@ -20,11 +23,11 @@ class Command(PortalCommand):
             raise CommandError(f"cannot read {file}: {exc}") from None
         try:
             rows = serials_parse_csv(text, default_product=product)
+            report = devices_import(rows=rows, actor=self.actor())
         except ImportInvalid as exc:
             for error in exc.errors:
                 self.stderr.write(error)
             raise CommandError(f"{len(exc.errors)} invalid row(s) in {file}; nothing was imported") from None
-        report = devices_import(rows=rows, actor=self.actor())
         self.stdout.write(
             f"imported {report.created} new serial(s); {report.already_known} already known; "
             f"{report.products_created} new product(s)"

@@ -22,6 +22,7 @@ from .clients import (
 )
 from .clients import dynamodb_client as _dynamodb_client
 from .clients import iot_client as _iot_client
+from .clients import iot_probe_client as _iot_probe_client
 from .clients import s3_client as _s3_client
 from .dynamodb import association_delete, association_put, association_replace, table_ensure, table_scan
 from .iot import (
@@ -36,6 +37,7 @@ from .iot import (
     certificate_revoke,
     device_policy_document,
     iot_data_endpoint,
+    iot_probe,
     policy_attach,
     policy_detach,
     policy_ensure,
@@ -82,6 +84,7 @@ IAM_ACTIONS_ANCHORS_S3: frozenset[str] = frozenset({"s3:PutObject", "s3:ListBuck
 def clients_reset() -> None:
     """Forget cached clients and the endpoint (tests switch between moto and servers)."""
     _iot_client.cache_clear()
+    _iot_probe_client.cache_clear()
     _dynamodb_client.cache_clear()
     _s3_client.cache_clear()
     iot_data_endpoint.cache_clear()
@@ -113,6 +116,7 @@ __all__ = [
     "dynamodb_client",
     "iot_client",
     "iot_data_endpoint",
+    "iot_probe",
     "policy_attach",
     "policy_detach",
     "policy_ensure",

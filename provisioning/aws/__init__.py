@@ -4,10 +4,12 @@
 metrics, logs, error translation into `AwsUnavailable` / `AwsRejected`); `iot` and `dynamodb` expose a
 few functions that return dataclasses or plain values. Nothing outside this package sees a boto3 dict.
 
-`IAM_ACTIONS` is every action the portal calls, and nothing else: tests/test_aws_boundary.py records
-the operations sent while the portal does everything it does (vend with and without a CSR, revoke,
-reset, reconcile with repairs, the mirror, bootstrap, the legacy import) and fails if one is missing
-from this list or if the list names one never called. The IAM policy of the portal's role grants these.
+`IAM_ACTIONS` is every action the portal calls, and nothing else; deploy/iam-policy.json grants exactly
+these, scoped to the resources the calls name (deploy/iam-policy-audit-anchors.json the S3 ones).
+tests/test_aws_boundary.py records every request sent while the portal does everything it does (vend
+with and without a CSR, rotation, revoke, reset, reconcile with repairs, the mirror, readiness,
+bootstrap, the legacy import, S3 anchors) and fails if the policy does not allow one, or if the policy
+or this list names an action never called.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ IAM_ACTIONS: frozenset[str] = frozenset(
         "iot:DetachPolicy",
         "iot:DeleteCertificate",
         "iot:ListTargetsForPolicy",
-        # AWS IoT: bootstrap_aws
+        # AWS IoT: bootstrap_aws, and the readiness probe (GetPolicy)
         "iot:GetPolicy",
         "iot:CreatePolicy",
         # DynamoDB: the association table (and the reference CVM's table for import_legacy_table)
@@ -77,8 +79,9 @@ IAM_ACTIONS: frozenset[str] = frozenset(
         "dynamodb:CreateTable",
     }
 )
-# Only with CVM_AUDIT_ANCHOR_SINK=s3://…: anchors written under Object Lock, and read back to verify.
-IAM_ACTIONS_ANCHORS_S3: frozenset[str] = frozenset({"s3:PutObject", "s3:ListBucket"})
+# Only with CVM_AUDIT_ANCHOR_SINK=s3://…: anchors written under Object Lock (setting an object's retention
+# takes s3:PutObjectRetention beside s3:PutObject), and listed back to verify (ListObjectsV2).
+IAM_ACTIONS_ANCHORS_S3: frozenset[str] = frozenset({"s3:PutObject", "s3:PutObjectRetention", "s3:ListBucket"})
 
 
 def clients_reset() -> None:

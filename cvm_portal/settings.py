@@ -36,6 +36,8 @@ def _required_secret(name: str, *, min_length: int) -> str:
 
 
 SECRET_KEY = _required_secret("SECRET_KEY", min_length=32)
+# Previous keys still accepted for what they signed (sessions, one-time confirmations), for rotation.
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 # With DEBUG off the hosts must be named explicitly (`make run` names 127.0.0.1 and localhost), so a
 # production instance never answers for a host nobody chose.
 if not DEBUG and "ALLOWED_HOSTS" not in env:

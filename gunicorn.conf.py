@@ -33,6 +33,17 @@ def ssl_context(conf, default_ssl_context_factory):
     return context
 
 
+def on_starting(server):
+    """With PROMETHEUS_MULTIPROC_DIR set, start from an empty directory: a container's /tmp is new, but
+    samples a previous master left behind would otherwise be added to this one's."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        for name in os.listdir(directory):
+            if name.endswith(".db"):
+                os.remove(os.path.join(directory, name))
+
+
 def child_exit(server, worker):
     """Let Prometheus forget a dead worker's live gauges (multiprocess mode)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

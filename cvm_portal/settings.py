@@ -36,6 +36,8 @@ def _required_secret(name: str, *, min_length: int) -> str:
 
 
 SECRET_KEY = _required_secret("SECRET_KEY", min_length=32)
+# Previous keys still accepted for what they signed (sessions, one-time confirmations), for rotation.
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 # With DEBUG off the hosts must be named explicitly (`make run` names 127.0.0.1 and localhost), so a
 # production instance never answers for a host nobody chose.
 if not DEBUG and "ALLOWED_HOSTS" not in env:
@@ -159,6 +161,9 @@ if CVM_TRUSTED_PROXY_ADDRESSES:
     # Only a proxy we trust may tell us the original scheme; without one the header is ignored.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+# Liveness and readiness are probed over plain HTTP from beside the process (the image's HEALTHCHECK, an
+# orchestrator), never through the TLS proxy: redirecting them would make every probe fail.
+SECURE_REDIRECT_EXEMPT = [r"^api/v1/(health|ready)$"]
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
@@ -283,6 +288,12 @@ CVM_OUTBOX_RETENTION_DAYS = env.int("CVM_OUTBOX_RETENTION_DAYS", default=7)
 CVM_AWS_CONNECT_TIMEOUT = env.float("CVM_AWS_CONNECT_TIMEOUT", default=3.0)
 CVM_AWS_READ_TIMEOUT = env.float("CVM_AWS_READ_TIMEOUT", default=10.0)
 CVM_AWS_MAX_ATTEMPTS = env.int("CVM_AWS_MAX_ATTEMPTS", default=3)
+# GET /api/v1/ready: how long each part (database, cache, AWS IoT) may take to answer before it counts as
+# failed, and how long one AWS IoT answer stands for this process (the probe is a real AWS call).
+CVM_READY_TIMEOUT_SECONDS = env.float("CVM_READY_TIMEOUT_SECONDS", default=2.0)
+CVM_READY_AWS_SECONDS = env.float("CVM_READY_AWS_SECONDS", default=15.0)
+if CVM_READY_TIMEOUT_SECONDS <= 0 or CVM_READY_AWS_SECONDS < 0:
+    raise ImproperlyConfigured("CVM_READY_TIMEOUT_SECONDS must be more than 0 and CVM_READY_AWS_SECONDS 0 or more")
 
 # --- AWS IoT quota governor (provisioning/governor.py): calls per second per API, for the account.
 # Defaults follow AWS IoT Core's published control-plane quotas; set your account's with e.g.

@@ -11,6 +11,7 @@ from provisioning.apis import (
     CertificateVendApi,
     HealthApi,
     LegacyCertificateApi,
+    ReadyApi,
     metrics_view,
 )
 
@@ -21,6 +22,7 @@ urlpatterns = [
     path("api/v1/certificates/rotate", CertificateRotateApi.as_view(), name="certificate-rotate"),
     path("api/v1/certificates/rotate/confirm", CertificateRotateConfirmApi.as_view(), name="certificate-confirm"),
     path("api/v1/health", HealthApi.as_view(), name="health"),
+    path("api/v1/ready", ReadyApi.as_view(), name="ready"),
     path("metrics", metrics_view, name="metrics"),
     # Answers 404 unless CVM_LEGACY_API is on (checked per request, so the setting needs no URL reload).
     path("getcert", LegacyCertificateApi.as_view(), name="legacy-getcert"),

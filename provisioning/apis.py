@@ -28,12 +28,14 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from . import metrics
 from .middleware import client_address
+from .readiness import readiness_check
 from .serializers import (
     ConfirmInputSerializer,
     ConfirmOutputSerializer,
     DetailSerializer,
     HealthSerializer,
     LegacyInputSerializer,
+    ReadySerializer,
     RotateInputSerializer,
     RotateOutputSerializer,
     VendInputSerializer,
@@ -286,3 +288,18 @@ class HealthApi(APIView):
         except DatabaseError:
             return Response({"status": "unavailable"}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
         return Response({"status": "ok"})
+
+
+class ReadyApi(APIView):
+    """Readiness: 200 when the database, the cache and AWS IoT answer in time, else 503 naming each that did
+    not (provisioning/readiness.py)."""
+
+    @extend_schema(operation_id="ready", responses={200: ReadySerializer, 503: ReadySerializer})
+    def get(self, request: Request) -> Response:
+        checks = readiness_check()
+        failed = [part for part, result in checks.items() if result != "ok"]
+        body = {"status": "unavailable" if failed else "ok", "failed": failed, "checks": checks}
+        return Response(
+            ReadySerializer(body).data,
+            status=status.HTTP_503_SERVICE_UNAVAILABLE if failed else status.HTTP_200_OK,
+        )

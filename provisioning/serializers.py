@@ -160,6 +160,12 @@ class HealthSerializer(serializers.Serializer):
     status = serializers.CharField()
 
 
+class ReadySerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["ok", "unavailable"])
+    failed = serializers.ListField(child=serializers.ChoiceField(choices=["database", "cache", "aws"]))
+    checks = serializers.DictField(child=serializers.CharField(), help_text='each part: "ok" or why it failed')
+
+
 class LegacyInputSerializer(serializers.Serializer):
     """The reference CVM's two fields, under the same serial rule as the portal's own API."""
 

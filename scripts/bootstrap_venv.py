@@ -1,7 +1,8 @@
 """Create the project's virtual environment with a working pip, on any machine with python3.
 
 Debian's python3 ships without ensurepip unless python3-venv is installed; then the venv is created
-without pip and pip is installed from its wheel on PyPI (checked against PyPI's SHA-256).
+without pip and pip is installed from its wheel on PyPI: a pinned version, checked against the SHA-256
+written here (not one the index reports), so every machine gets the same pip.
 
     python3 scripts/bootstrap_venv.py .venv
 """
@@ -18,7 +19,10 @@ import urllib.request
 import venv
 from pathlib import Path
 
-PYPI_JSON = "https://pypi.org/pypi/pip/json"
+# The simple index's JSON form (PEP 691) says where the file is; the pin below says what it must be.
+PIP_INDEX = "https://pypi.org/simple/pip/"
+PIP_WHEEL = "pip-26.3-py3-none-any.whl"
+PIP_WHEEL_SHA256 = "f3b60b20ffaadd4415ed7957212a38ac63fa4c5fa375bd0f4a797777940fad13"
 
 
 def _pip_works(python: Path) -> bool:
@@ -26,15 +30,18 @@ def _pip_works(python: Path) -> bool:
 
 
 def _install_pip_from_pypi(python: Path) -> None:
-    with urllib.request.urlopen(PYPI_JSON, timeout=60) as response:
-        release = json.load(response)
-    wheel = next(f for f in release["urls"] if f["packagetype"] == "bdist_wheel")
-    with urllib.request.urlopen(urllib.parse.urljoin(PYPI_JSON, wheel["url"]), timeout=120) as response:  # noqa: S310 - URL from PyPI itself
+    request = urllib.request.Request(PIP_INDEX, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - fixed https URL
+        files = json.load(response)["files"]
+    url = next((entry["url"] for entry in files if entry["filename"] == PIP_WHEEL), None)
+    if url is None:
+        raise SystemExit(f"the package index does not list {PIP_WHEEL}")
+    with urllib.request.urlopen(urllib.parse.urljoin(PIP_INDEX, url), timeout=120) as response:  # noqa: S310
         data = response.read()
-    if hashlib.sha256(data).hexdigest() != wheel["digests"]["sha256"]:
-        raise SystemExit("the pip wheel downloaded from PyPI does not match its published SHA-256")
+    if hashlib.sha256(data).hexdigest() != PIP_WHEEL_SHA256:
+        raise SystemExit(f"{PIP_WHEEL} as downloaded does not match its pinned SHA-256")
     with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / wheel["filename"]
+        path = Path(directory) / PIP_WHEEL
         path.write_bytes(data)
         # A wheel is a zip that Python can run from: pip installs itself from its own wheel.
         subprocess.run([python, f"{path}/pip", "install", "--quiet", str(path)], check=True)

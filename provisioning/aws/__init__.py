@@ -4,10 +4,12 @@
 metrics, logs, error translation into `AwsUnavailable` / `AwsRejected`); `iot` and `dynamodb` expose a
 few functions that return dataclasses or plain values. Nothing outside this package sees a boto3 dict.
 
-`IAM_ACTIONS` is every action the portal calls, and nothing else: tests/test_aws_boundary.py records
-the operations sent while the portal does everything it does (vend with and without a CSR, revoke,
-reset, reconcile with repairs, the mirror, bootstrap, the legacy import) and fails if one is missing
-from this list or if the list names one never called. The IAM policy of the portal's role grants these.
+`IAM_ACTIONS` is every action the portal calls, and nothing else; deploy/iam-policy.json grants exactly
+these, scoped to the resources the calls name (deploy/iam-policy-audit-anchors.json the S3 ones).
+tests/test_aws_boundary.py records every request sent while the portal does everything it does (vend
+with and without a CSR, rotation, revoke, reset, reconcile with repairs, the mirror, readiness,
+bootstrap, the legacy import, S3 anchors) and fails if the policy does not allow one, or if the policy
+or this list names an action never called.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .clients import (
 )
 from .clients import dynamodb_client as _dynamodb_client
 from .clients import iot_client as _iot_client
+from .clients import iot_probe_client as _iot_probe_client
 from .clients import s3_client as _s3_client
 from .dynamodb import association_delete, association_put, association_replace, table_ensure, table_scan
 from .iot import (
@@ -37,6 +40,7 @@ from .iot import (
     certificate_revoke,
     device_policy_document,
     iot_data_endpoint,
+    iot_probe,
     policy_attach,
     policy_detach,
     policy_ensure,
@@ -70,7 +74,8 @@ IAM_ACTIONS: frozenset[str] = frozenset(
         "iot:DetachPolicy",
         "iot:DeleteCertificate",
         "iot:ListTargetsForPolicy",
-        # AWS IoT: products (bootstrap_aws, configure_product, issuance, reconcile)
+        # AWS IoT: products (bootstrap_aws, configure_product, issuance, reconcile); GetPolicy is also
+        # the readiness probe
         "iot:GetPolicy",
         "iot:CreatePolicy",
         "iot:DescribeThingType",
@@ -88,13 +93,15 @@ IAM_ACTIONS: frozenset[str] = frozenset(
         "dynamodb:CreateTable",
     }
 )
-# Only with CVM_AUDIT_ANCHOR_SINK=s3://…: anchors written under Object Lock, and read back to verify.
-IAM_ACTIONS_ANCHORS_S3: frozenset[str] = frozenset({"s3:PutObject", "s3:ListBucket"})
+# Only with CVM_AUDIT_ANCHOR_SINK=s3://…: anchors written under Object Lock (setting an object's retention
+# takes s3:PutObjectRetention beside s3:PutObject), and listed back to verify (ListObjectsV2).
+IAM_ACTIONS_ANCHORS_S3: frozenset[str] = frozenset({"s3:PutObject", "s3:PutObjectRetention", "s3:ListBucket"})
 
 
 def clients_reset() -> None:
     """Forget cached clients and the endpoint (tests switch between moto and servers)."""
     _iot_client.cache_clear()
+    _iot_probe_client.cache_clear()
     _dynamodb_client.cache_clear()
     _s3_client.cache_clear()
     iot_data_endpoint.cache_clear()
@@ -127,6 +134,7 @@ __all__ = [
     "dynamodb_client",
     "iot_client",
     "iot_data_endpoint",
+    "iot_probe",
     "policy_attach",
     "policy_detach",
     "policy_ensure",

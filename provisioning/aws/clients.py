@@ -175,14 +175,14 @@ def _config() -> Config:
 _client_lock = threading.Lock()
 
 
-def _client(service: str) -> Any:
+def _client(service: str, config: Config | None = None) -> Any:
     # Endpoints come from boto3's own environment variables (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_IOT ...),
     # which an explicit endpoint_url would override. botocore reads AWS_DEFAULT_REGION but not
     # AWS_REGION, which the SDKs of other languages use, so that one is passed on here.
     try:
         with _client_lock:  # building clients from one session in parallel is not thread safe
             return boto3.session.Session().client(
-                service, region_name=os.environ.get("AWS_REGION") or None, config=_config()
+                service, region_name=os.environ.get("AWS_REGION") or None, config=config or _config()
             )
     except BotoCoreError as exc:  # no region, no credentials file, a malformed endpoint ...
         raise AwsRejected(type(exc).__name__, f"create {service} client") from None
@@ -193,6 +193,20 @@ def iot_client() -> Any:
     client = _client("iot")
     client.meta.events.register_first("needs-retry.iot", _refuse_hard_limits)
     return client
+
+
+@functools.cache
+def iot_probe_client() -> Any:
+    """AWS IoT for the readiness probe: one attempt and short timeouts, since a probe that waits out
+    botocore's retries answers after its caller has given up."""
+    return _client(
+        "iot",
+        Config(
+            retries={"mode": "standard", "total_max_attempts": 1},
+            connect_timeout=min(settings.CVM_AWS_CONNECT_TIMEOUT, settings.CVM_READY_TIMEOUT_SECONDS),
+            read_timeout=min(settings.CVM_AWS_READ_TIMEOUT, settings.CVM_READY_TIMEOUT_SECONDS),
+        ),
+    )
 
 
 @functools.cache

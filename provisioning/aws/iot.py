@@ -9,7 +9,17 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from .clients import ALREADY_EXISTS, MISSING, MISSING_OR_DONE, AwsError, AwsRejected, executor, iot
+from .clients import (
+    ALREADY_EXISTS,
+    MISSING,
+    MISSING_OR_DONE,
+    AwsError,
+    AwsRejected,
+    call,
+    executor,
+    iot,
+    iot_probe_client,
+)
 
 logger = logging.getLogger("provisioning.aws")
 
@@ -383,6 +393,19 @@ def policy_ensure(*, policy_name: str) -> bool:
         policyDocument=json.dumps(device_policy_document()),
     )
     return True
+
+
+def iot_probe(*, policy_name: str) -> None:
+    """One signed AWS IoT call for readiness; raises AwsError when AWS IoT does not answer it.
+
+    GetPolicy of the device policy: it proves what a vend needs first — AWS IoT reachable, the
+    credentials and clock accepted, and the policy every certificate gets in place — and nothing less
+    would: the cached data endpoint proves nothing after the first call. AWS IoT's quotas are per API
+    and the vend path never calls GetPolicy, so the probe cannot take a device's share of the quota; it
+    bypasses the governor (whose schedule is the vend APIs') and is made at most once per process every
+    few seconds (provisioning/readiness.py).
+    """
+    call("GetPolicy", iot_probe_client().get_policy, policyName=policy_name)
 
 
 def policy_targets(*, policy_name: str) -> set[str]:

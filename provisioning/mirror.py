@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, transaction
@@ -24,9 +25,91 @@ from django.db.models import Q
 from django.utils import timezone
 
 from . import aws
-from .models import DynamoOutbox
+from .bulk import chunks
+from .models import Device, DeviceState, DynamoOutbox
 
 logger = logging.getLogger(__name__)
+
+
+# --- The item: what the association table holds for a device (SPEC §6) ----------------------------
+
+APPLY_STATE = {
+    DeviceState.REGISTERED: 0,
+    DeviceState.TOKEN_ISSUED: 0,
+    DeviceState.ISSUING: 0,
+    DeviceState.ACTIVE: -1,
+    DeviceState.REVOKED: -2,
+}
+
+
+def association_item(
+    *,
+    serial: str,
+    state: str,
+    version: int,
+    product: str,
+    thing_name: str,
+    token_digest: str,
+    last_request_at: datetime | None,
+    certificate_id: str | None,
+    pending_certificate_id: str | None = None,
+) -> dict[str, Any]:
+    """The DynamoDB item for a device (SPEC §6). Only the token's HMAC digest, never the token."""
+    return {
+        "productId": serial,
+        "accessTokenHash": token_digest or None,
+        "timestamp": last_request_at.isoformat().replace("+00:00", "Z") if last_request_at else None,
+        "applyState": APPLY_STATE[DeviceState(state)],
+        "certID": certificate_id,
+        "status": state,
+        "thingName": thing_name or None,
+        "product": product,
+        # Only during a rotation (SPEC §6); absent otherwise (None values are not written).
+        "pendingCertID": pending_certificate_id,
+        "version": version,
+    }
+
+
+def device_association_item(device: Device) -> dict[str, Any]:
+    certificate = device.current_certificate
+    pending = device.pending_certificate
+    return association_item(
+        serial=device.serial,
+        state=device.state,
+        version=device.version,
+        product=device.product.name,
+        thing_name=device.thing_name,
+        token_digest=device.token_digest,
+        last_request_at=device.last_request_at,
+        certificate_id=certificate.certificate_id if certificate else None,
+        pending_certificate_id=pending.certificate_id if pending else None,
+    )
+
+
+# The fields association_item needs, as `values()` names them, for bulk changes that never build models.
+ASSOCIATION_VALUES = {
+    "serial": "serial",
+    "state": "state",
+    "version": "version",
+    "product": "product__name",
+    "thing_name": "thing_name",
+    "token_digest": "token_digest",
+    "last_request_at": "last_request_at",
+    "certificate_id": "current_certificate__certificate_id",
+    "pending_certificate_id": "pending_certificate__certificate_id",
+}
+
+
+def association_items(serials: list[str]) -> dict[str, dict[str, Any]]:
+    """Items for many devices at once, read without building model instances."""
+    names = list(ASSOCIATION_VALUES)
+    items = {}
+    for chunk in chunks(serials):
+        for row in Device.objects.filter(serial__in=chunk).values_list(*ASSOCIATION_VALUES.values()):
+            item = association_item(**dict(zip(names, row, strict=True)))
+            items[item["productId"]] = item
+    return items
+
 
 LEASE = timedelta(seconds=60)
 WRITERS = 16

@@ -20,8 +20,8 @@ from django.utils import timezone
 
 from . import aws
 from .audit import audit_append
+from .mirror import device_association_item
 from .models import AuditKind, Certificate, CertificateStatus, Device, DeviceAction, DeviceState
-from .selectors import device_association_item
 from .services import claim_is_stale, claim_recover, device_transition
 from .services.rotation import rotation_claim_recover, rotation_complete, rotation_rollback
 from .services.vending import thing_attributes

@@ -121,7 +121,7 @@ def test_outage_loses_nothing_and_one_drain_catches_up(api, aws_mock, make_devic
 
     held = table(aws_mock)
     for device in Device.objects.select_related("product", "current_certificate"):
-        from provisioning.selectors import device_association_item
+        from provisioning.mirror import device_association_item
 
         expected = {k: v for k, v in device_association_item(device).items() if v is not None}
         assert held[device.serial] == expected

@@ -19,8 +19,8 @@ from django.utils import timezone
 from .. import aws
 from ..audit import NewEvent, audit_append, audit_append_many
 from ..bulk import db_datetime, db_json, insert_rows
+from ..mirror import association_items, device_association_item
 from ..models import LIFECYCLE, Device, DynamoOutbox
-from ..selectors import association_items, device_association_item
 
 DEFAULT_PRODUCT = "default"
 SYSTEM_ACTOR = "system"

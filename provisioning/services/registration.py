@@ -12,8 +12,8 @@ from django.utils import timezone
 
 from ..audit import NewEvent, audit_append_many
 from ..bulk import chunks, db_datetime, db_json, insert_rows
+from ..mirror import association_item
 from ..models import AuditKind, Device, DeviceState, Product
-from ..selectors import association_item
 from ..validators import (
     PRODUCT_NAME_MESSAGE,
     PRODUCT_NAME_RE,

@@ -1,14 +1,15 @@
-"""Shared fixtures: moto-backed AWS, devices in every state, fault injection at the boto3 boundary."""
+"""Shared fixtures: moto-backed AWS, devices in every state, fault injection at the boto3 boundary.
+
+What AWS holds is read with `tests.awsstate`; faults come from `tests.faults`.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from botocore.awsrequest import AWSResponse
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -21,6 +22,9 @@ from rest_framework.test import APIClient
 from provisioning import aws, services
 from provisioning.models import Device
 from scripts.emulator import apply_fixes
+
+from .awsstate import AwsState
+from .faults import Fault, inject_fault
 
 VEND_URL = "/api/v1/certificates"
 
@@ -38,110 +42,32 @@ def _clear_cache() -> Iterator[None]:
     cache.clear()
 
 
-@dataclass
-class AwsView:
-    """What AWS IoT and DynamoDB hold, read straight from moto for assertions."""
-
-    iot: Any
-    dynamodb: Any
-
-    def thing_certificates(self, thing_name: str) -> list[dict[str, Any]]:
-        principals = self.iot.list_thing_principals(thingName=thing_name)["principals"]
-        return [
-            self.iot.describe_certificate(certificateId=arn.rsplit("/", 1)[1])["certificateDescription"]
-            for arn in principals
-        ]
-
-    def all_certificates(self) -> list[dict[str, Any]]:
-        return self.iot.list_certificates()["certificates"]
-
-    def active_certificates(self) -> list[dict[str, Any]]:
-        return [c for c in self.all_certificates() if c["status"] == "ACTIVE"]
-
-    def policies_of(self, certificate_arn: str) -> list[str]:
-        return [p["policyName"] for p in self.iot.list_attached_policies(target=certificate_arn)["policies"]]
-
-    def thing(self, thing_name: str) -> dict[str, Any]:
-        return self.iot.describe_thing(thingName=thing_name)
-
-
 @pytest.fixture
-def aws_mock() -> Iterator[AwsView]:
-    """In-process moto with the policy and table `bootstrap_aws` creates."""
+def aws_mock() -> Iterator[AwsState]:
+    """In-process moto with the policy and table `bootstrap_aws` creates; what AWS holds, to assert on."""
     apply_fixes()
     with mock_aws():
+        # New clients for the portal in each test (a fault's hooks and botocore's retry quota live in a
+        # client), cheap because they come from one session; the test's own come from another.
         aws.clients_reset()
         call_command("bootstrap_aws", stdout=open("/dev/null", "w"))  # noqa: SIM115
-        yield AwsView(iot=aws.iot_client(), dynamodb=aws.dynamodb_client())
+        yield AwsState.connect()
     aws.clients_reset()
 
 
-class _Raw:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield self._body
-
-
-@dataclass
-class Fault:
-    operation: str
-    calls: int = 0
-    active: bool = True
-
-    def heal(self) -> None:
-        self.active = False
-
-
-def inject_iot_fault(
-    operation: str,
-    *,
-    code: str = "ServiceUnavailableException",
-    status: int = 503,
-    times: int = 10**6,
-    reached_aws: bool = False,
-) -> tuple[Fault, Callable[[], None]]:
-    """Make one AWS IoT operation fail with an HTTP error; returns the fault and a function removing it.
-
-    Registered first on `before-send`, so botocore's real retry logic runs against it. With
-    `reached_aws=True` AWS (moto) carries the call out and only the answer is lost, as with a read
-    timeout; otherwise the call never arrives.
-    """
-    fault = Fault(operation)
-
-    def handler(**kwargs: Any) -> AWSResponse | None:
-        if not fault.active or fault.calls >= times:
-            return None
-        fault.calls += 1
-        body = json.dumps({"message": "injected failure", "__type": code}).encode()
-        headers = {"x-amzn-ErrorType": code, "Content-Type": "application/json"}
-        request = kwargs["request"]
-        response = AWSResponse(request.url, status, headers, _Raw(body))
-        if not reached_aws:
-            # Every before-send handler runs; moto's matches on the URL, so point it elsewhere.
-            request.url = "https://fault-injected.invalid/"
-        return response
-
-    event = f"before-send.iot.{operation}"
-    events = aws.iot_client().meta.events
-    events.register_first(event, handler)
-    return fault, lambda: events.unregister(event, handler)
-
-
 @pytest.fixture
-def aws_fault(aws_mock: AwsView) -> Iterator[Callable[..., Fault]]:
-    """Install faults with `inject_iot_fault`; all are removed after the test."""
-    removers: list[Callable[[], None]] = []
+def aws_fault(aws_mock: AwsState) -> Iterator[Callable[..., Fault]]:
+    """Install faults with `tests.faults.inject_fault` (same arguments); all are removed after the test."""
+    installed: list[Fault] = []
 
-    def install(operation: str, **kwargs: Any) -> Fault:
-        fault, remove = inject_iot_fault(operation, **kwargs)
-        removers.append(remove)
+    def install(operation: str | None, **kwargs: Any) -> Fault:
+        fault = inject_fault(operation, **kwargs)
+        installed.append(fault)
         return fault
 
     yield install
-    for remove in removers:
-        remove()
+    for fault in installed:
+        fault.remove()
 
 
 @pytest.fixture

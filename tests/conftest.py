@@ -5,9 +5,11 @@ What AWS holds is read with `tests.awsstate`; faults come from `tests.faults`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from cryptography import x509
@@ -16,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from django.core.cache import cache
 from django.core.management import call_command
+from django.db import connection
 from moto import mock_aws
 from rest_framework.test import APIClient
 
@@ -27,6 +30,8 @@ from .awsstate import AwsState
 from .faults import Fault, inject_fault
 
 VEND_URL = "/api/v1/certificates"
+
+T = TypeVar("T")
 
 
 @pytest.fixture(autouse=True)
@@ -118,6 +123,26 @@ def rsa_1024_key() -> Any:
 
 def vend(api: APIClient, serial: str, token: str, **extra: Any) -> Any:
     return api.post(VEND_URL, {"serial": serial, "token": token, **extra}, format="json")
+
+
+def run_together(count: int, task: Callable[[int], T]) -> list[T]:
+    """`task(0)` ... `task(count - 1)`, each in a thread of its own, released at the same instant.
+
+    Returns the results in order and raises what a task raised. Each thread closes the database
+    connection Django opened for it, so none outlives the test (PostgreSQL will not drop a test
+    database that still has connections).
+    """
+    barrier = threading.Barrier(count)
+
+    def one(index: int) -> T:
+        barrier.wait()
+        try:
+            return task(index)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
 
 
 def _staff(username: str, group: str | None = None, **extra: Any):

@@ -15,7 +15,7 @@ from provisioning.crypto import token_digest
 from provisioning.models import AuditEvent, AuditKind, Device, DynamoOutbox
 from provisioning.services import device_reset, device_revoke
 
-from .conftest import vend
+from .conftest import run_together, vend
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TABLE = "cvm-device-association"
@@ -166,23 +166,12 @@ def test_two_workers_write_each_change_once_and_in_order(aws_mock, make_device, 
         return ok
 
     monkeypatch.setattr(aws, "association_put", recording_put)
-    barrier = threading.Barrier(2)
 
-    def worker():
-        from django.db import connection
+    def worker(_: int) -> None:
+        while mirror.outbox_drain(batch_size=3).handled:
+            pass
 
-        barrier.wait()
-        try:
-            while mirror.outbox_drain(batch_size=3).handled:
-                pass
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together(2, worker)
 
     assert DynamoOutbox.objects.filter(done_at__isnull=True).count() == 0
     for serial in serials:

@@ -8,12 +8,10 @@ certificate; the database and AWS IoT agree on what is active; the audit chain v
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections import Counter
 
 import pytest
-from django.db import connection
 from django.test import override_settings
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -25,7 +23,7 @@ from provisioning.audit import audit_verify
 from provisioning.models import Device, DeviceState
 
 from .awsstate import AwsState
-from .conftest import make_csr, vend
+from .conftest import make_csr, run_together, vend
 from .faults import inject_fault
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -76,22 +74,7 @@ class DeviceLifecycle(RuleBasedStateMachine):
     @rule(serial=serials)
     def racing_vends(self, serial: str) -> None:
         token = self.tokens.get(serial, "no-token")
-        statuses: list[int] = []
-        barrier = threading.Barrier(4)
-
-        def one() -> None:
-            client = APIClient()
-            barrier.wait()
-            try:
-                statuses.append(vend(client, serial, token).status_code)
-            finally:
-                connection.close()
-
-        threads = [threading.Thread(target=one) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        statuses = run_together(4, lambda _: vend(APIClient(), serial, token).status_code)
         assert set(statuses) <= {201, 403, 409}, statuses
         for status in statuses:
             self.record(token, status)

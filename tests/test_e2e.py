@@ -103,13 +103,16 @@ def portal(tmp_path_factory) -> Iterator[Portal]:
     )
     logs = [workdir / "emulator.log", workdir / "gunicorn.log", workdir / "sync.log"]
     with Children() as children:
+        # Each process boots while the next step runs: the emulator during the migration, gunicorn during
+        # bootstrap_aws (nothing reaches it before the health check). The DynamoDB worker starts last,
+        # once its table exists.
         emulator = children.start("AWS emulator", emulator_command(aws_port), env=env, output=logs[0])
-        wait_for_port(aws_port, what="the AWS emulator", process=emulator)
-        for command in (["migrate", "-v0"], ["bootstrap_aws"]):
-            manage(env, *command)
+        manage(env, "migrate", "-v0")
         web = children.start(
             "portal", gunicorn_command(f"127.0.0.1:{web_port}", tls=tls, workers=3, threads=8), env=env, output=logs[1]
         )
+        wait_for_port(aws_port, what="the AWS emulator", process=emulator)
+        manage(env, "bootstrap_aws")
         children.start("DynamoDB sync", [PYTHON, "manage.py", "sync_dynamodb"], env=env, output=logs[2])
         url = f"https://127.0.0.1:{web_port}"
         wait_for_url(url + "/api/v1/health", cafile=tls.ca_cert, what="the portal", process=web)

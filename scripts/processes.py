@@ -1,7 +1,7 @@
 """Starting and stopping the portal's processes: `make run`, the end-to-end tests and the benchmarks.
 
-Every child starts in a session of its own, so stopping it stops what it started too (gunicorn's workers,
-moto's threads) and a Ctrl-C in the terminal reaches only the launcher, which stops the children in order.
+Every child starts in a session of its own: stopping it stops what it started too (gunicorn's workers),
+and a Ctrl-C in the terminal reaches only the launcher, which then stops the children in order.
 """
 
 from __future__ import annotations
@@ -101,12 +101,10 @@ def child_env(drop: Iterable[str] = (), **values: str) -> dict[str, str]:
     return env
 
 
-def manage(
-    env: Mapping[str, str], *args: str, capture: bool = True, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """`manage.py ARGS` in a process of its own, with `env` as its whole environment."""
+def manage(env: Mapping[str, str], *args: str, capture: bool = True) -> subprocess.CompletedProcess[str]:
+    """`manage.py ARGS` in a process of its own, with `env` as its whole environment; fails if it does."""
     return subprocess.run(
-        [PYTHON, "manage.py", *args], cwd=ROOT, env=dict(env), capture_output=capture, text=True, check=check
+        [PYTHON, "manage.py", *args], cwd=ROOT, env=dict(env), capture_output=capture, text=True, check=True
     )
 
 

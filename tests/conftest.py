@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
@@ -26,6 +27,7 @@ from provisioning import aws, services
 from provisioning.models import Device
 from scripts.emulator import apply_fixes
 
+from . import awsstate
 from .awsstate import AwsState
 from .faults import Fault, inject_fault
 
@@ -47,13 +49,24 @@ def _clear_cache() -> Iterator[None]:
     cache.clear()
 
 
+class _Boto3WithOneSession:
+    """`boto3` as provisioning.aws sees it under test: every `boto3.session.Session()` is the suite's one.
+
+    The portal builds each client from a new session, which loads botocore's service models again: about
+    0.1 s per client pair, for every test, against a few milliseconds from one shared session.
+    """
+
+    session = SimpleNamespace(Session=awsstate.session)
+
+
 @pytest.fixture
-def aws_mock() -> Iterator[AwsState]:
+def aws_mock(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsState]:
     """In-process moto with the policy and table `bootstrap_aws` creates; what AWS holds, to assert on."""
     apply_fixes()
+    monkeypatch.setattr(aws, "boto3", _Boto3WithOneSession)
     with mock_aws():
-        # New clients for the portal in each test (a fault's hooks and botocore's retry quota live in a
-        # client), cheap because they come from one session; the test's own come from another.
+        # New clients for the portal in each test: a fault's hooks and botocore's retry quota live in
+        # a client. The test's own clients (AwsState) come from the same session but are not the portal's.
         aws.clients_reset()
         call_command("bootstrap_aws", stdout=open("/dev/null", "w"))  # noqa: SIM115
         yield AwsState.connect()

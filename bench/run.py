@@ -2,6 +2,8 @@
 
 Each benchmark runs against local fakes or emulators only (127.0.0.1), with bounded request counts.
 Run one with `python -m bench.run overhead` (names: overhead stages burst bulk admin mirror).
+What is measured inside a Django process of its own is a module here too (`bench.overhead`,
+`bench.admin_pages`, `bench.mirror_drain`, `bench.mirror_lag`), started with `run_module`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,8 +26,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
+from scripts.processes import (
+    PYTHON,
+    ROOT,
+    Children,
+    child_env,
+    emulator_command,
+    free_port,
+    gunicorn_command,
+    wait_for_port,
+)
+from scripts.processes import manage as manage_process
+
 WORK = Path(tempfile.mkdtemp(prefix="cvm-bench-"))
 
 BASE_ENV = {
@@ -51,53 +62,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on {port}")
-
-
-class Processes:
-    def __init__(self) -> None:
-        self.running: list[subprocess.Popen] = []
-
-    def start(self, args: list[str], env: dict[str, str]) -> subprocess.Popen:
-        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.running.append(process)
-        return process
-
-    def stop(self) -> None:
-        for process in self.running:
-            process.terminate()
-        for process in self.running:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        self.running.clear()
-
-
 def manage(env: dict[str, str], *args: str) -> str:
-    return subprocess.run(
-        [PYTHON, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True, text=True
-    ).stdout
+    return manage_process(env, *args).stdout
 
 
-def run_python(code: str, env: dict[str, str], *args: str) -> dict[str, Any]:
-    """Run a benchmark body in a fresh Django process; it prints one JSON line last."""
+def run_module(module: str, env: dict[str, str], *args: str) -> dict[str, Any]:
+    """Run a benchmark program (`python -m bench.NAME`) in a fresh Django process; it prints one JSON line last."""
     result = subprocess.run(
-        [PYTHON, "-c", code, *args], cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "cvm_portal.settings"},
+        [PYTHON, "-m", module, *args], cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "cvm_portal.settings"},
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if result.returncode != 0:
@@ -106,7 +78,7 @@ def run_python(code: str, env: dict[str, str], *args: str) -> dict[str, Any]:
 
 
 def fresh_env(name: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DATABASE_URL", "CACHE_URL", "CVM_"))}
+    env = child_env(drop=("AWS_", "DATABASE_URL", "CACHE_URL", "CVM_"))
     env.update(BASE_ENV, DATABASE_URL=f"sqlite:///{WORK / (name + '.sqlite3')}", **extra)
     manage(env, "migrate", "-v0")
     return env
@@ -125,39 +97,7 @@ def devices_with_tokens(env: dict[str, str], prefix: str, count: int) -> dict[st
 
 
 def bench_overhead() -> dict[str, Any]:
-    code = r"""
-import json, statistics, sys, time
-import django
-django.setup()
-from django.test import Client, override_settings
-from provisioning import aws, services
-from provisioning.aws import NewCertificate
-sys.path.insert(0, ".")
-from bench.fake_iot import _certificate
-pem, key = _certificate()
-# Zero-latency AWS: the boundary module answers at once, as if AWS IoT took no time at all.
-aws.certificate_provision = lambda **kw: NewCertificate(
-    certificate_id=__import__("uuid").uuid4().hex * 2, arn="arn:aws:iot:us-east-1:1:cert/x",
-    certificate_pem=pem, private_key_pem=key)
-aws.iot_data_endpoint = lambda: "bench-ats.iot.us-east-1.amazonaws.com"
-n = int(sys.argv[1])
-serials = [f"OVH-{i:05d}" for i in range(n + 20)]
-services.devices_import(rows=[services.ImportRow(line=2, serial=s, product="b") for s in serials], actor="b")
-tokens = {t.serial: t.token for t in services.tokens_issue(serials=serials, actor="b")}
-client = Client()
-vend, bare = [], []
-with override_settings(ROOT_URLCONF="bench.urls"):
-    for i, serial in enumerate(serials):
-        body = json.dumps({"serial": serial, "token": tokens[serial]})
-        t0 = time.perf_counter(); r = client.post("/api/v1/certificates", body, content_type="application/json")
-        t1 = time.perf_counter(); b = client.post("/bench/bare", body, content_type="application/json")
-        t2 = time.perf_counter()
-        assert r.status_code == 201 and b.status_code == 201, (r.status_code, b.status_code)
-        if i >= 20:  # the first requests warm caches and imports
-            vend.append(t1 - t0); bare.append(t2 - t1)
-print(json.dumps({"vend": vend, "bare": bare}))
-"""
-    data = run_python(code, fresh_env("overhead"), "300")
+    data = run_module("bench.overhead", fresh_env("overhead"), "300")
     vend, bare = data["vend"], data["bare"]
     median_ratio = statistics.median(vend) / statistics.median(bare)
     p99_ratio = percentile(vend, 0.99) / percentile(bare, 0.99)
@@ -180,18 +120,13 @@ print(json.dumps({"vend": vend, "bare": bare}))
 # --- 2. stages: HTTPS through gunicorn, every AWS call 50 ms ----------------------------------------
 
 
-def portal(processes: Processes, env: dict[str, str], *, workers: int, threads: int) -> tuple[str, Path]:
+def portal(children: Children, env: dict[str, str], *, workers: int, threads: int) -> tuple[str, Path]:
     from scripts.local_tls import ensure_tls
 
     tls = ensure_tls(WORK / "tls")
     port = free_port()
-    processes.start(
-        [PYTHON, "-m", "gunicorn", "cvm_portal.wsgi:application", "--config", "gunicorn.conf.py",
-         "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads),
-         "--certfile", str(tls.server_cert), "--keyfile", str(tls.server_key)],
-        env,
-    )  # fmt: skip
-    wait_port(port)
+    command = gunicorn_command(f"127.0.0.1:{port}", tls=tls, workers=workers, threads=threads)
+    wait_for_port(port, what="the portal", process=children.start("portal", command, env=env))
     return f"https://127.0.0.1:{port}", tls.ca_cert
 
 
@@ -205,15 +140,16 @@ def session(ca: Path) -> Any:
 
 
 def bench_stages() -> dict[str, Any]:
-    processes = Processes()
-    try:
+    with Children() as children:
         fake_port = free_port()
         env = fresh_env("stages", AWS_ENDPOINT_URL_IOT=f"http://127.0.0.1:{fake_port}",
                         AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:9")  # fmt: skip
-        processes.start([PYTHON, "-m", "bench.fake_iot", "--port", str(fake_port), "--latency-ms", "50"], env)
-        wait_port(fake_port)
+        fake = children.start(
+            "fake AWS IoT", [PYTHON, "-m", "bench.fake_iot", "--port", str(fake_port), "--latency-ms", "50"], env=env
+        )
+        wait_for_port(fake_port, what="the fake AWS IoT", process=fake)
         tokens = devices_with_tokens(env, "STG", 60)
-        url, ca = portal(processes, env, workers=1, threads=8)
+        url, ca = portal(children, env, workers=1, threads=8)
         s = session(ca)
         times = []
         for i, (serial, token) in enumerate(tokens.items()):
@@ -235,16 +171,13 @@ def bench_stages() -> dict[str, Any]:
             "target": "median <= 3 x 50 ms + 15 ms = 165 ms",
             "met": median <= 0.165,
         }
-    finally:
-        processes.stop()
 
 
 # --- 3. burst: 500 devices at once against a 15 TPS quota -------------------------------------------
 
 
 def bench_burst(devices: int = 500, quota: float = 15.0) -> dict[str, Any]:
-    processes = Processes()
-    try:
+    with Children() as children:
         import redis
 
         redis.Redis(db=14).flushdb()
@@ -264,12 +197,14 @@ def bench_burst(devices: int = 500, quota: float = 15.0) -> dict[str, Any]:
             CVM_AWS_RATES=rates,
             CVM_AWS_QUEUE_SECONDS="5",
         )
-        processes.start(
-            [PYTHON, "-m", "bench.fake_iot", "--port", str(fake_port), "--latency-ms", "20", "--quota", str(quota)], env
+        fake = children.start(
+            "fake AWS IoT",
+            [PYTHON, "-m", "bench.fake_iot", "--port", str(fake_port), "--latency-ms", "20", "--quota", str(quota)],
+            env=env,
         )
-        wait_port(fake_port)
+        wait_for_port(fake_port, what="the fake AWS IoT", process=fake)
         tokens = devices_with_tokens(env, "BST", devices)
-        url, ca = portal(processes, env, workers=2, threads=32)
+        url, ca = portal(children, env, workers=2, threads=32)
         statuses: dict[int, int] = {}
         done_at: list[float] = []
         lock = threading.Lock()
@@ -316,8 +251,6 @@ def bench_burst(devices: int = 500, quota: float = 15.0) -> dict[str, Any]:
             "target": ">= 90 % of the quota sustained, every device provisioned, no error but 429/503",
             "met": len(done_at) == devices and sustained >= 0.9 * quota and set(statuses) <= {201, 409, 429, 503},
         }
-    finally:
-        processes.stop()
 
 
 # --- 4. bulk: import and tokens for 100,000 serials ---------------------------------------------------
@@ -359,61 +292,7 @@ def bench_bulk(count: int = 100_000) -> dict[str, Any]:
 
 
 def bench_admin(env: dict[str, str]) -> dict[str, Any]:
-    code = r"""
-import json, statistics, sys, time, datetime, hashlib
-import django
-django.setup()
-from django.db import connection, transaction
-from django.test import Client
-from django.test.utils import CaptureQueriesContext
-from django.contrib.auth.models import User
-from provisioning.bulk import insert_rows, db_datetime
-from provisioning.models import AuditEvent, AuditChainHead, Certificate, Device
-target = 1_000_000
-have = AuditEvent.objects.count()
-now = datetime.datetime.now(datetime.UTC)
-kinds = ["vend_refused", "certificate_issued", "token_issued", "vend_claimed", "admin_login"]
-with transaction.atomic():
-    insert_rows(AuditEvent, ["seq","created_at","kind","actor","serial","client_address","data","prev_hash","hash"],
-        ((have + i + 1, db_datetime(now - datetime.timedelta(seconds=target - i)), kinds[i % 5], "device",
-          f"BULK-{i % 100000:06d}", "198.51.100.7", "{}", "0" * 64, "0" * 64) for i in range(target - have)))
-    ids = list(Device.objects.order_by("id").values_list("id", "serial")[:100000])
-    insert_rows(Certificate, ["device_id","certificate_id","arn","fingerprint_sha256","key_origin","status",
-        "thing_name","issued_at","revoked_by","revoked_reason"],
-        ((pk, hashlib.sha256(serial.encode()).hexdigest(), "arn:aws:iot:us-east-1:1:cert/x",
-          hashlib.sha256(b"f" + serial.encode()).hexdigest(), "csr", "active", serial, db_datetime(now), "", "")
-         for pk, serial in ids))
-    # Synthetic rows do not chain; the head only has to know the last number so appends go on after it.
-    AuditChainHead.objects.filter(pk=1).update(last_seq=target)
-with connection.cursor() as cursor:
-    cursor.execute("ANALYZE")
-User.objects.create_superuser("bench", "", "bench-password-123")
-client = Client()
-client.force_login(User.objects.get(username="bench"))
-pages = {
-    "devices": "/admin/provisioning/device/",
-    "devices by state": "/admin/provisioning/device/?state__exact=token_issued",
-    "device search": "/admin/provisioning/device/?q=BULK-054321",
-    "certificates": "/admin/provisioning/certificate/",
-    "audit events": "/admin/provisioning/auditevent/",
-    "audit events by kind": "/admin/provisioning/auditevent/?kind__exact=vend_refused",
-    "audit events by serial": "/admin/provisioning/auditevent/?serial=BULK-000042",
-    "audit events, last 7 days": "/admin/provisioning/auditevent/?created_at__gte="
-    + (now - datetime.timedelta(days=7)).date().isoformat(),
-}
-results = {}
-for name, url in pages.items():
-    client.get(url)
-    times = []
-    for _ in range(5):
-        with CaptureQueriesContext(connection) as queries:
-            t0 = time.perf_counter(); response = client.get(url); times.append(time.perf_counter() - t0)
-        assert response.status_code == 200, (url, response.status_code)
-    results[name] = {"ms": statistics.median(times) * 1000, "queries": len(queries)}
-print(json.dumps({"pages": results, "events": AuditEvent.objects.order_by("-seq").values_list("seq", flat=True)[0],
-                  "devices": Device.objects.order_by("-id").values_list("id", flat=True)[0]}))
-"""
-    data = run_python(code, env)
+    data = run_module("bench.admin_pages", env)
     pages = data["pages"]
     return {
         "name": "admin",
@@ -431,12 +310,11 @@ print(json.dumps({"pages": results, "events": AuditEvent.objects.order_by("-seq"
 
 
 def bench_mirror(changes: int = 5000) -> dict[str, Any]:
-    processes = Processes()
-    try:
+    with Children() as children:
         port = free_port()
         env = fresh_env("mirror", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
-        processes.start([PYTHON, "-m", "scripts.emulator", "--port", str(port)], env)
-        wait_port(port)
+        emulator = children.start("AWS emulator", emulator_command(port), env=env)
+        wait_for_port(port, what="the AWS emulator", process=emulator)
         manage(env, "bootstrap_aws")
         source = WORK / "mirror.csv"
         source.write_text("serial\n" + "".join(f"MIR-{i:06d}\n" for i in range(changes)))
@@ -445,7 +323,7 @@ def bench_mirror(changes: int = 5000) -> dict[str, Any]:
         manage(env, "sync_dynamodb", "--once")
         drain_seconds = time.perf_counter() - started
         own = drain_without_dynamodb(env, changes)
-        lag = measure_lag(env, processes)
+        lag = measure_lag(env, children)
         return {
             "name": "mirror",
             "figures": {
@@ -458,62 +336,17 @@ def bench_mirror(changes: int = 5000) -> dict[str, Any]:
             "target": ">= 500 changes/s against the emulator; lag about a second while vending",
             "met": changes / drain_seconds >= 500,
         }
-    finally:
-        processes.stop()
 
 
 def drain_without_dynamodb(env: dict[str, str], changes: int) -> float:
     """The drain rate the portal itself sustains: leasing, marking done, with DynamoDB replaced by a no-op."""
-    code = r"""
-import json, sys, time
-import django
-django.setup()
-from provisioning import aws, mirror, services
-aws.association_put = lambda **kw: True
-n = int(sys.argv[1])
-rows = [services.ImportRow(line=2, serial=f"OWN-{i:06d}", product="b") for i in range(n)]
-services.devices_import(rows=rows, actor="b")
-start = time.perf_counter()
-while mirror.outbox_drain(batch_size=200).handled:
-    pass
-print(json.dumps({"rate": n / (time.perf_counter() - start)}))
-"""
-    return run_python(code, env, str(changes))["rate"]
+    return run_module("bench.mirror_drain", env, str(changes))["rate"]
 
 
-def measure_lag(env: dict[str, str], processes: Processes) -> dict[str, float]:
+def measure_lag(env: dict[str, str], children: Children) -> dict[str, float]:
     """Vend 100 devices (zero-latency AWS, in-process) while a worker drains; lag = done_at - created_at."""
-    processes.start([PYTHON, "manage.py", "sync_dynamodb"], env)
-    code = r"""
-import json, statistics, time
-import django
-django.setup()
-from django.test import Client
-from provisioning import aws, services
-from provisioning.aws import NewCertificate
-from provisioning.models import DynamoOutbox
-from bench.fake_iot import _certificate
-pem, key = _certificate()
-aws.certificate_provision = lambda **kw: NewCertificate(certificate_id=__import__("uuid").uuid4().hex * 2,
-    arn="arn:aws:iot:us-east-1:1:cert/x", certificate_pem=pem, private_key_pem=key)
-aws.iot_data_endpoint = lambda: "bench-ats.iot.us-east-1.amazonaws.com"
-serials = [f"LAG-{i:04d}" for i in range(100)]
-services.devices_import(rows=[services.ImportRow(line=2, serial=s, product="b") for s in serials], actor="b")
-tokens = {t.serial: t.token for t in services.tokens_issue(serials=serials, actor="b")}
-start = time.time()
-client = Client()
-for serial in serials:
-    assert client.post("/api/v1/certificates", json.dumps({"serial": serial, "token": tokens[serial]}),
-                       content_type="application/json").status_code == 201
-    time.sleep(0.02)
-deadline = time.time() + 30
-while DynamoOutbox.objects.filter(done_at__isnull=True).exists() and time.time() < deadline:
-    time.sleep(0.1)
-rows = DynamoOutbox.objects.filter(serial__startswith="LAG-", done_at__isnull=False)
-lags = [(r.done_at - r.created_at).total_seconds() for r in rows]
-print(json.dumps({"n": len(lags), "median": statistics.median(lags), "max": max(lags)}))
-"""
-    data = run_python(code, env)
+    children.start("DynamoDB sync", [PYTHON, "manage.py", "sync_dynamodb"], env=env)
+    data = run_module("bench.mirror_lag", env, "100")
     return {"lag while vending: changes": data["n"], "lag median s": data["median"], "lag max s": data["max"]}
 
 

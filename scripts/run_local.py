@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,12 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripts import processes
 from scripts.local_tls import ensure_tls
 from scripts.private_files import PRIVATE_UMASK, private_dir, tighten
+from scripts.processes import PYTHON, ROOT, Children, emulator_command, gunicorn_command
 
-ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
-PYTHON = sys.executable
 EMULATOR_PORT = 5000
 PORTAL_BIND = os.environ.get("GUNICORN_BIND", "127.0.0.1:8443")
 
@@ -41,22 +40,17 @@ def secret_file(name: str) -> str:
 
 def ensure_free(port: int, what: str) -> None:
     """Stop early and say why, rather than talk to whatever already holds the port."""
-    with socket.socket() as sock:
-        if sock.connect_ex(("127.0.0.1", port)) == 0:
-            raise SystemExit(f"port {port} is already in use; stop what holds it before starting {what}")
+    if processes.port_in_use(port):
+        raise SystemExit(f"port {port} is already in use; stop what holds it before starting {what}")
 
 
 def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{what} exited with status {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"{what} did not start listening on port {port}")
+    try:
+        processes.wait_for_port(port, what=what, timeout=timeout, process=process)
+    except processes.ProcessExited as exc:
+        raise SystemExit(str(exc)) from None
+    except TimeoutError:
+        raise SystemExit(f"{what} did not start listening on port {port}") from None
 
 
 def prepare_var(var: Path) -> None:
@@ -67,31 +61,18 @@ def prepare_var(var: Path) -> None:
 
 class Launcher:
     def __init__(self) -> None:
-        self.children: list[tuple[str, subprocess.Popen]] = []
+        # Each in a session of its own, so Ctrl-C reaches only us and we stop the children in order.
+        self.children = Children()
         self.env = os.environ.copy()
 
     def start(self, what: str, args: list[str], *, log: Path | None = None) -> subprocess.Popen:
-        # A session of its own, so Ctrl-C reaches only us and we stop the children in order.
-        output = open(log, "ab") if log else None  # noqa: SIM115 - handed to the child, closed at exit
-        process = subprocess.Popen(args, cwd=ROOT, env=self.env, start_new_session=True, stdout=output, stderr=output)
-        self.children.append((what, process))
-        return process
+        return self.children.start(what, args, env=self.env, output=log)
 
     def manage(self, *args: str) -> None:
-        subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=self.env, check=True)
+        processes.manage(self.env, *args, capture=False)
 
     def stop(self) -> None:
-        for _, process in reversed(self.children):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for what, process in reversed(self.children):
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                print(f"{what} did not stop in time; killing it", file=sys.stderr)
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        self.children.stop()
 
     def write_local_env(self, embedded: bool) -> None:
         """var/local.env: what a second terminal sources to run management commands against this portal."""
@@ -137,11 +118,7 @@ class Launcher:
         ensure_free(int(PORTAL_BIND.rsplit(":", 1)[1]), "the portal")
         if embedded:
             ensure_free(EMULATOR_PORT, "the AWS emulator")
-            emulator = self.start(
-                "AWS emulator",
-                [PYTHON, "-m", "scripts.emulator", "--port", str(EMULATOR_PORT)],
-                log=VAR / "emulator.log",
-            )
+            emulator = self.start("AWS emulator", emulator_command(EMULATOR_PORT), log=VAR / "emulator.log")
             wait_for_port(EMULATOR_PORT, emulator, "the AWS emulator")
         self.manage("migrate", "--noinput", "-v0")
         self.manage("collectstatic", "--noinput", "-v0")
@@ -150,16 +127,7 @@ class Launcher:
         self.start("DynamoDB sync", [PYTHON, "manage.py", "sync_dynamodb"])
         # Imports confirmed in the admin run here, off the web request (a million rows take a minute).
         self.start("import worker", [PYTHON, "manage.py", "run_imports"])
-        portal = self.start(
-            "portal",
-            [
-                PYTHON, "-m", "gunicorn", "cvm_portal.wsgi:application",
-                "--config", str(ROOT / "gunicorn.conf.py"),
-                "--bind", PORTAL_BIND,
-                "--certfile", str(tls.server_cert),
-                "--keyfile", str(tls.server_key),
-            ],
-        )  # fmt: skip
+        portal = self.start("portal", gunicorn_command(PORTAL_BIND, tls=tls))
         wait_for_port(int(PORTAL_BIND.rsplit(":", 1)[1]), portal, "the portal")
         aws_note = (
             f"local emulator on 127.0.0.1:{EMULATOR_PORT} (its state is lost when it stops)"
@@ -184,10 +152,11 @@ class Launcher:
                 # make (or the shell) that started us is gone: nobody is left to press Ctrl-C.
                 print("parent process exited; stopping", file=sys.stderr)
                 return 1
-            for what, process in self.children:
-                if process.poll() is not None:
-                    print(f"{what} exited with status {process.returncode}; stopping", file=sys.stderr)
-                    return 1
+            exited = self.children.first_exited()
+            if exited is not None:
+                what, process = exited
+                print(f"{what} exited with status {process.returncode}; stopping", file=sys.stderr)
+                return 1
             time.sleep(0.5)
 
 

@@ -1,20 +1,25 @@
-"""Shared fixtures: moto-backed AWS, devices in every state, fault injection at the boto3 boundary."""
+"""Shared fixtures: moto-backed AWS, devices in every state, fault injection at the boto3 boundary.
+
+What AWS holds is read with `tests.awsstate`; faults come from `tests.faults`.
+"""
 
 from __future__ import annotations
 
-import json
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, TypeVar
 
 import pytest
-from botocore.awsrequest import AWSResponse
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from django.conf import settings as django_settings
 from django.core.cache import cache
+from django.db import connection
 from moto import mock_aws
 from rest_framework.test import APIClient
 
@@ -22,7 +27,13 @@ from provisioning import aws, services
 from provisioning.models import Device
 from scripts.emulator import apply_fixes
 
+from . import awsstate
+from .awsstate import AwsState
+from .faults import Fault, inject_fault
+
 VEND_URL = "/api/v1/certificates"
+
+T = TypeVar("T")
 
 
 @pytest.fixture(autouse=True)
@@ -46,112 +57,45 @@ def _clear_cache() -> Iterator[None]:
     cache.clear()
 
 
-@dataclass
-class AwsView:
-    """What AWS IoT and DynamoDB hold, read straight from moto for assertions."""
+class _Boto3WithOneSession:
+    """`boto3` as provisioning.aws sees it under test: every `boto3.session.Session()` is the suite's one.
 
-    iot: Any
-    dynamodb: Any
+    The portal builds each client from a new session, which loads botocore's service models again: about
+    0.1 s per client pair, for every test, against a few milliseconds from one shared session.
+    """
 
-    def thing_certificates(self, thing_name: str) -> list[dict[str, Any]]:
-        principals = self.iot.list_thing_principals(thingName=thing_name)["principals"]
-        return [
-            self.iot.describe_certificate(certificateId=arn.rsplit("/", 1)[1])["certificateDescription"]
-            for arn in principals
-        ]
-
-    def all_certificates(self) -> list[dict[str, Any]]:
-        return self.iot.list_certificates()["certificates"]
-
-    def active_certificates(self) -> list[dict[str, Any]]:
-        return [c for c in self.all_certificates() if c["status"] == "ACTIVE"]
-
-    def policies_of(self, certificate_arn: str) -> list[str]:
-        return [p["policyName"] for p in self.iot.list_attached_policies(target=certificate_arn)["policies"]]
-
-    def thing(self, thing_name: str) -> dict[str, Any]:
-        return self.iot.describe_thing(thingName=thing_name)
+    session = SimpleNamespace(Session=awsstate.session)
 
 
 @pytest.fixture
-def aws_mock() -> Iterator[AwsView]:
-    """In-process moto with the policy and table `bootstrap_aws` creates."""
+def aws_mock(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsState]:
+    """In-process moto with the policy and table `bootstrap_aws` creates; what AWS holds, to assert on."""
     apply_fixes()
+    monkeypatch.setattr(aws, "boto3", _Boto3WithOneSession)
     with mock_aws():
+        # New clients for the portal in each test: a fault's hooks and botocore's retry quota live in
+        # a client. The test's own clients (AwsState) come from the same session but are not the portal's.
         aws.clients_reset()
         # What bootstrap_aws makes, without the products it reads from the database (no database here).
         aws.policy_ensure(policy_name=django_settings.CVM_IOT_POLICY_NAME)
         aws.table_ensure(table_name=django_settings.CVM_DYNAMODB_TABLE)
-        yield AwsView(iot=aws.iot_client(), dynamodb=aws.dynamodb_client())
+        yield AwsState.connect()
     aws.clients_reset()
 
 
-class _Raw:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield self._body
-
-
-@dataclass
-class Fault:
-    operation: str
-    calls: int = 0
-    active: bool = True
-
-    def heal(self) -> None:
-        self.active = False
-
-
-def inject_iot_fault(
-    operation: str,
-    *,
-    code: str = "ServiceUnavailableException",
-    status: int = 503,
-    times: int = 10**6,
-    reached_aws: bool = False,
-) -> tuple[Fault, Callable[[], None]]:
-    """Make one AWS IoT operation fail with an HTTP error; returns the fault and a function removing it.
-
-    Registered first on `before-send`, so botocore's real retry logic runs against it. With
-    `reached_aws=True` AWS (moto) carries the call out and only the answer is lost, as with a read
-    timeout; otherwise the call never arrives.
-    """
-    fault = Fault(operation)
-
-    def handler(**kwargs: Any) -> AWSResponse | None:
-        if not fault.active or fault.calls >= times:
-            return None
-        fault.calls += 1
-        body = json.dumps({"message": "injected failure", "__type": code}).encode()
-        headers = {"x-amzn-ErrorType": code, "Content-Type": "application/json"}
-        request = kwargs["request"]
-        response = AWSResponse(request.url, status, headers, _Raw(body))
-        if not reached_aws:
-            # Every before-send handler runs; moto's matches on the URL, so point it elsewhere.
-            request.url = "https://fault-injected.invalid/"
-        return response
-
-    event = f"before-send.iot.{operation}"
-    events = aws.iot_client().meta.events
-    events.register_first(event, handler)
-    return fault, lambda: events.unregister(event, handler)
-
-
 @pytest.fixture
-def aws_fault(aws_mock: AwsView) -> Iterator[Callable[..., Fault]]:
-    """Install faults with `inject_iot_fault`; all are removed after the test."""
-    removers: list[Callable[[], None]] = []
+def aws_fault(aws_mock: AwsState) -> Iterator[Callable[..., Fault]]:
+    """Install faults with `tests.faults.inject_fault` (same arguments); all are removed after the test."""
+    installed: list[Fault] = []
 
-    def install(operation: str, **kwargs: Any) -> Fault:
-        fault, remove = inject_iot_fault(operation, **kwargs)
-        removers.append(remove)
+    def install(operation: str | None, **kwargs: Any) -> Fault:
+        fault = inject_fault(operation, **kwargs)
+        installed.append(fault)
         return fault
 
     yield install
-    for remove in removers:
-        remove()
+    for fault in installed:
+        fault.remove()
 
 
 @pytest.fixture
@@ -202,6 +146,26 @@ def rsa_1024_key() -> Any:
 
 def vend(api: APIClient, serial: str, token: str, **extra: Any) -> Any:
     return api.post(VEND_URL, {"serial": serial, "token": token, **extra}, format="json")
+
+
+def run_together(count: int, task: Callable[[int], T]) -> list[T]:
+    """`task(0)` ... `task(count - 1)`, each in a thread of its own, released at the same instant.
+
+    Returns the results in order and raises what a task raised. Each thread closes the database
+    connection Django opened for it, so none outlives the test (PostgreSQL will not drop a test
+    database that still has connections).
+    """
+    barrier = threading.Barrier(count)
+
+    def one(index: int) -> T:
+        barrier.wait()
+        try:
+            return task(index)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
 
 
 def _staff(username: str, group: str | None = None, **extra: Any):

@@ -9,19 +9,17 @@ import re
 from datetime import timedelta
 
 import pytest
-from botocore.awsrequest import AWSResponse
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import override_settings
 from django.urls import reverse
 from django.utils import timezone
 
-from provisioning import aws
 from provisioning.crypto import token_digest
 from provisioning.imports import imports_run_pending
 from provisioning.models import AuditEvent, AuditKind, Certificate, CertificateStatus, Device, DeviceState
 
-from .conftest import _Raw, vend
+from .conftest import vend
 
 pytestmark = pytest.mark.django_db
 
@@ -158,7 +156,7 @@ def test_security_revokes_from_the_device_page_with_a_reason(as_user, security_u
 
 
 def test_bulk_revoke_reports_each_device_and_one_aws_failure_leaves_the_others_done(
-    as_user, security_user, make_device, api, aws_mock
+    as_user, security_user, make_device, api, aws_mock, aws_fault
 ):
     devices = []
     for serial in ("SN-1", "SN-2", "SN-3"):
@@ -166,35 +164,22 @@ def test_bulk_revoke_reports_each_device_and_one_aws_failure_leaves_the_others_d
         assert vend(api, serial, made.token).status_code == 201
         devices.append(made.device)
     failing_certificate = devices[1].current_certificate.certificate_id
-    calls = []
-
-    def aws_fails_for_sn2(request, **kwargs):
-        # UpdateCertificate carries the certificate id in its URL; only SN-2's never reaches AWS.
-        if failing_certificate not in request.url:
-            return None
-        calls.append(request.url)
-        request.url = "https://fault-injected.invalid/"
-        return AWSResponse(request.url, 503, {"x-amzn-ErrorType": "ServiceUnavailableException"}, _Raw(b"{}"))
-
-    events = aws.iot_client().meta.events
-    events.register_first("before-send.iot.UpdateCertificate", aws_fails_for_sn2)
+    # UpdateCertificate carries the certificate id in its URL; only SN-2's never reaches AWS.
+    fault = aws_fault("UpdateCertificate", when=lambda request: failing_certificate in request.url)
     client = as_user(security_user)
     selection = {"action": "revoke_action", ACTION_CHECKBOX_NAME: [d.pk for d in devices]}
-    try:
-        confirm = client.post(url("device_changelist"), selection)
-        response = client.post(
-            url("device_changelist"),
-            {
-                **selection,
-                "confirm": "1",
-                "reason": "recall",
-                "nonce": confirm.context["nonce"],
-                "selection": confirm.context["selection"],
-            },
-            follow=True,
-        )
-    finally:
-        events.unregister("before-send.iot.UpdateCertificate", aws_fails_for_sn2)
+    confirm = client.post(url("device_changelist"), selection)
+    response = client.post(
+        url("device_changelist"),
+        {
+            **selection,
+            "confirm": "1",
+            "reason": "recall",
+            "nonce": confirm.context["nonce"],
+            "selection": confirm.context["selection"],
+        },
+        follow=True,
+    )
 
     messages = [str(m) for m in response.context["messages"]]
     assert "Revoked 2 device(s): SN-1, SN-3" in messages
@@ -204,7 +189,7 @@ def test_bulk_revoke_reports_each_device_and_one_aws_failure_leaves_the_others_d
         "SN-2": DeviceState.ACTIVE,
         "SN-3": DeviceState.REVOKED,
     }
-    assert len(calls) == 3, "botocore retried the failing call, then gave up for that device only"
+    assert fault.calls == 3, "botocore retried the failing call, then gave up for that device only"
     in_aws = aws_mock.iot.describe_certificate(certificateId=failing_certificate)["certificateDescription"]
     assert in_aws["status"] == "ACTIVE"
 

@@ -5,17 +5,13 @@ Runs on SQLite in `make test` and again on PostgreSQL in `.ci/run`, where rows a
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
-from django.db import connection
 from rest_framework.test import APIClient
 
 from provisioning.audit import audit_verify
 from provisioning.models import AuditEvent, AuditKind, Certificate, Device, DeviceState
 
-from .conftest import vend
+from .conftest import run_together, vend
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,18 +19,7 @@ RACERS = 24
 
 
 def race(n: int, request) -> list[int]:
-    barrier = threading.Barrier(n)
-
-    def one(i: int) -> int:
-        client = APIClient()
-        barrier.wait()
-        try:
-            return request(client, i).status_code
-        finally:
-            connection.close()
-
-    with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(one, range(n)))
+    return run_together(n, lambda i: request(APIClient(), i).status_code)
 
 
 def test_simultaneous_requests_with_one_token_issue_exactly_one_certificate(aws_mock, make_device):

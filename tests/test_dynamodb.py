@@ -7,7 +7,6 @@ import time
 from collections import defaultdict
 
 import pytest
-from botocore.awsrequest import AWSResponse
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
@@ -16,14 +15,10 @@ from provisioning.crypto import token_digest
 from provisioning.models import AuditEvent, AuditKind, Device, DynamoOutbox
 from provisioning.services import device_reset, device_revoke
 
-from .conftest import _Raw, vend
+from .conftest import run_together, vend
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TABLE = "cvm-device-association"
-
-
-def table(aws_mock) -> dict[str, dict]:
-    return {item["productId"]: item for item in aws.table_scan(table_name=TABLE)}
 
 
 def drain() -> None:
@@ -33,7 +28,7 @@ def drain() -> None:
 def test_each_device_change_produces_the_right_item(api, aws_mock, make_device):
     make_device("SN-1", with_token=False)
     drain()
-    item = table(aws_mock)["SN-1"]
+    item = aws_mock.table(TABLE)["SN-1"]
     assert item == {
         "productId": "SN-1",
         "applyState": 0,
@@ -47,23 +42,23 @@ def test_each_device_change_produces_the_right_item(api, aws_mock, make_device):
 
     token = tokens_issue(serials=["SN-1"], actor="test")[0].token
     drain()
-    item = table(aws_mock)["SN-1"]
+    item = aws_mock.table(TABLE)["SN-1"]
     assert (item["status"], item["applyState"], item["accessTokenHash"]) == ("token_issued", 0, token_digest(token))
 
     issued = vend(api, "SN-1", token).json()
     drain()
-    item = table(aws_mock)["SN-1"]
+    item = aws_mock.table(TABLE)["SN-1"]
     assert (item["status"], item["applyState"], item["certID"]) == ("active", -1, issued["certificate_id"])
     assert item["timestamp"].endswith("Z")
     assert item["version"] == Device.objects.get(serial="SN-1").version
 
     device_revoke(serial="SN-1", reason="test", actor="test")
     drain()
-    assert (table(aws_mock)["SN-1"]["status"], table(aws_mock)["SN-1"]["applyState"]) == ("revoked", -2)
+    assert (aws_mock.table(TABLE)["SN-1"]["status"], aws_mock.table(TABLE)["SN-1"]["applyState"]) == ("revoked", -2)
 
     new_token = device_reset(serial="SN-1", actor="test").token
     drain()
-    item = table(aws_mock)["SN-1"]
+    item = aws_mock.table(TABLE)["SN-1"]
     assert (item["status"], item["applyState"], item["accessTokenHash"]) == ("token_issued", 0, token_digest(new_token))
     assert "certID" not in item
     for value in item.values():
@@ -80,29 +75,18 @@ def test_versions_never_go_backwards_when_drained_out_of_order_or_twice(aws_mock
     assert aws.association_put(table_name=TABLE, item=rows[1].item) is True
     assert aws.association_put(table_name=TABLE, item=rows[0].item) is False
     assert aws.association_put(table_name=TABLE, item=rows[1].item) is False
-    assert table(aws_mock)["SN-ORDER"]["version"] == 2
-    assert table(aws_mock)["SN-ORDER"]["status"] == "token_issued"
+    assert aws_mock.table(TABLE)["SN-ORDER"]["version"] == 2
+    assert aws_mock.table(TABLE)["SN-ORDER"]["status"] == "token_issued"
 
     drain()
     drain()
-    assert table(aws_mock)["SN-ORDER"]["version"] == 2
+    assert aws_mock.table(TABLE)["SN-ORDER"]["version"] == 2
     assert DynamoOutbox.objects.filter(done_at__isnull=True).count() == 0
 
 
-def dynamodb_down():
-    """Every DynamoDB call fails as if the service were unreachable; returns a function that heals it."""
-
-    def unavailable(request, **kwargs):
-        request.url = "https://fault-injected.invalid/"
-        return AWSResponse(request.url, 503, {"x-amzn-ErrorType": "ServiceUnavailable"}, _Raw(b"{}"))
-
-    events = aws.dynamodb_client().meta.events
-    events.register_first("before-send.dynamodb", unavailable)
-    return lambda: events.unregister("before-send.dynamodb", unavailable)
-
-
-def test_outage_loses_nothing_and_one_drain_catches_up(api, aws_mock, make_device):
-    heal = dynamodb_down()
+def test_outage_loses_nothing_and_one_drain_catches_up(api, aws_mock, aws_fault, make_device):
+    # Every DynamoDB call fails as if the service were unreachable.
+    outage = aws_fault(None, service="dynamodb", code="ServiceUnavailable")
     try:
         devices = [make_device(f"SN-OUT{i}") for i in range(3)]
         assert vend(api, devices[0].serial, devices[0].token).status_code == 201, "issuance needs no DynamoDB"
@@ -115,11 +99,11 @@ def test_outage_loses_nothing_and_one_drain_catches_up(api, aws_mock, make_devic
         assert pending.exists()
         assert all(row.attempts >= 1 and row.last_error for row in pending)
     finally:
-        heal()
+        outage.heal()
 
     drain()
 
-    held = table(aws_mock)
+    held = aws_mock.table(TABLE)
     for device in Device.objects.select_related("product", "current_certificate"):
         from provisioning.mirror import device_association_item
 
@@ -135,7 +119,7 @@ def test_worker_delivers_a_change_within_about_a_second(aws_mock, make_device):
     try:
         make_device("SN-FAST", with_token=False)
         committed = time.monotonic()
-        while "SN-FAST" not in table(aws_mock):
+        while "SN-FAST" not in aws_mock.table(TABLE):
             assert time.monotonic() - committed < 3, "the change did not reach DynamoDB"
             time.sleep(0.05)
     finally:
@@ -182,29 +166,18 @@ def test_two_workers_write_each_change_once_and_in_order(aws_mock, make_device, 
         return ok
 
     monkeypatch.setattr(aws, "association_put", recording_put)
-    barrier = threading.Barrier(2)
 
-    def worker():
-        from django.db import connection
+    def worker(_: int) -> None:
+        while mirror.outbox_drain(batch_size=3).handled:
+            pass
 
-        barrier.wait()
-        try:
-            while mirror.outbox_drain(batch_size=3).handled:
-                pass
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together(2, worker)
 
     assert DynamoOutbox.objects.filter(done_at__isnull=True).count() == 0
     for serial in serials:
         versions = accepted[serial]
         assert versions == sorted(set(versions)), f"{serial}: accepted out of order or twice: {versions}"
-        assert table(aws_mock)[serial]["version"] == Device.objects.get(serial=serial).version
+        assert aws_mock.table(TABLE)[serial]["version"] == Device.objects.get(serial=serial).version
     assert len(attempted) == len(set(attempted)), "no change was written by both workers"
 
 
@@ -243,7 +216,7 @@ def test_reconcile_finds_and_repairs_every_kind_of_drift(fleet, capsys):
     revoked = Device.objects.get(serial="SN-RV").current_certificate
     # DynamoDB: a missing item, a stale one, one for a serial nobody knows.
     aws.association_delete(table_name=TABLE, serial="SN-REG")
-    aws.association_replace(table_name=TABLE, item={**table(fleet)["SN-A1"], "status": "revoked"})
+    aws.association_replace(table_name=TABLE, item={**fleet.table(TABLE)["SN-A1"], "status": "revoked"})
     aws.association_replace(table_name=TABLE, item={"productId": "SN-GHOST", "version": 1})
     # AWS IoT: an ACTIVE orphan on a thing, the database's active certificate deactivated and detached,
     # a revoked certificate usable again, and one active certificate revoked behind the portal's back.

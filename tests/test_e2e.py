@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import socket
 import ssl
 import stat
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -22,43 +18,25 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import boto3
 import pytest
 
 from scripts.local_tls import ensure_tls
+from scripts.processes import (
+    PYTHON,
+    ROOT,
+    Children,
+    child_env,
+    emulator_command,
+    free_port,
+    gunicorn_command,
+    manage,
+    wait_for_port,
+    wait_for_url,
+)
+
+from .awsstate import AwsState
 
 pytestmark = pytest.mark.e2e
-
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(check, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError("service did not come up")
-
-
-def stop(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @dataclass
@@ -68,13 +46,11 @@ class Portal:
     env: dict[str, str]
     workdir: Path
     logs: list[Path]
-    aws_endpoint: str
+    aws: AwsState
     secrets_seen: list[str] = field(default_factory=list)
 
     def manage(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [PYTHON, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, check=True
-        )
+        return manage(self.env, *args)
 
     def issue_token(self, serial: str) -> str:
         self.manage("import_serials", str(self.write(f"{serial}.csv", f"serial,product\n{serial},e2e\n")))
@@ -88,9 +64,6 @@ class Portal:
         path = self.workdir / name
         path.write_text(text)
         return path
-
-    def iot(self):
-        return boto3.client("iot", endpoint_url=self.aws_endpoint, region_name="us-east-1")
 
     def post(self, body: dict[str, str]) -> tuple[int, dict]:
         context = ssl.create_default_context(cafile=str(self.ca))
@@ -112,12 +85,10 @@ def portal(tmp_path_factory) -> Iterator[Portal]:
     workdir = tmp_path_factory.mktemp("e2e")
     tls = ensure_tls(workdir / "tls")
     aws_port, web_port = free_port(), free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("AWS_", "DATABASE_URL", "DJANGO_SETTINGS_MODULE"))
-    }
-    env.update(
+    aws_endpoint = f"http://127.0.0.1:{aws_port}"
+    env = child_env(
+        # The real thing: the suite's own database, AWS and quota settings stay behind.
+        drop=("AWS_", "DATABASE_URL", "DJANGO_SETTINGS_MODULE", "CVM_AWS_RATES"),
         SECRET_KEY="e2e-secret-key-0123456789abcdefghijklmnop",
         CVM_TOKEN_HMAC_KEY="e2e-token-hmac-key-0123456789abcdefghijkl",
         CVM_AUDIT_HMAC_KEY="e2e-audit-hmac-key-0123456789abcdefghijkl",
@@ -125,42 +96,28 @@ def portal(tmp_path_factory) -> Iterator[Portal]:
         ALLOWED_HOSTS="127.0.0.1,localhost",
         # Short, so the crash test sees its dead claim recovered within seconds.
         CVM_CLAIM_TIMEOUT_SECONDS="3",
-        AWS_ENDPOINT_URL=f"http://127.0.0.1:{aws_port}",
+        AWS_ENDPOINT_URL=aws_endpoint,
         AWS_ACCESS_KEY_ID="e2e",
         AWS_SECRET_ACCESS_KEY="e2e",
         AWS_DEFAULT_REGION="us-east-1",
         CVM_ACTOR="e2e",
     )
     logs = [workdir / "emulator.log", workdir / "gunicorn.log", workdir / "sync.log"]
-    processes = []
-
-    def start(args: list[str], log: Path) -> subprocess.Popen:
-        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-        processes.append(process)
-        return process
-
-    try:
-        start([PYTHON, "-m", "scripts.emulator", "--port", str(aws_port)], logs[0])
-        wait_until(lambda: socket.create_connection(("127.0.0.1", aws_port), timeout=1).close() is None)
-        for command in (["migrate", "-v0"], ["bootstrap_aws"]):
-            subprocess.run([PYTHON, "manage.py", *command], cwd=ROOT, env=env, check=True, capture_output=True)
-        start(
-            [
-                PYTHON, "-m", "gunicorn", "cvm_portal.wsgi:application",
-                "--config", str(ROOT / "gunicorn.conf.py"),
-                "--bind", f"127.0.0.1:{web_port}",
-                "--workers", "3", "--threads", "8",
-                "--certfile", str(tls.server_cert), "--keyfile", str(tls.server_key),
-            ],
-            logs[1],
-        )  # fmt: skip
-        start([PYTHON, "manage.py", "sync_dynamodb"], logs[2])
+    with Children() as children:
+        # Each process boots while the next step runs: the emulator during the migration, gunicorn during
+        # bootstrap_aws (nothing reaches it before the health check). The DynamoDB worker starts last,
+        # once its table exists.
+        emulator = children.start("AWS emulator", emulator_command(aws_port), env=env, output=logs[0])
+        manage(env, "migrate", "-v0")
+        web = children.start(
+            "portal", gunicorn_command(f"127.0.0.1:{web_port}", tls=tls, workers=3, threads=8), env=env, output=logs[1]
+        )
+        wait_for_port(aws_port, what="the AWS emulator", process=emulator)
+        manage(env, "bootstrap_aws")
+        children.start("DynamoDB sync", [PYTHON, "manage.py", "sync_dynamodb"], env=env, output=logs[2])
         url = f"https://127.0.0.1:{web_port}"
-        context = ssl.create_default_context(cafile=str(tls.ca_cert))
-        wait_until(lambda: urllib.request.urlopen(url + "/api/v1/health", context=context, timeout=2).status == 200)
-        yield Portal(url=url, ca=tls.ca_cert, env=env, workdir=workdir, logs=logs, aws_endpoint=env["AWS_ENDPOINT_URL"])
-    finally:
-        stop(processes)
+        wait_for_url(url + "/api/v1/health", cafile=tls.ca_cert, what="the portal", process=web)
+        yield Portal(url=url, ca=tls.ca_cert, env=env, workdir=workdir, logs=logs, aws=AwsState.connect(aws_endpoint))
 
 
 def run_client(portal: Portal, serial: str, token: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -186,14 +143,12 @@ def test_device_client_provisions_over_https(portal, tmp_path, serial, extra):
     for name in ("certificate.pem", "private.key", "AmazonRootCA1.pem", "endpoint.txt"):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o600
     portal.secrets_seen.append((out / "private.key").read_text())
-    iot = portal.iot()
-    principals = iot.list_thing_principals(thingName=serial)["principals"]
-    assert len(principals) == 1
-    description = iot.describe_certificate(certificateId=principals[0].rsplit("/", 1)[1])["certificateDescription"]
+    certificates = portal.aws.thing_certificates(serial)
+    assert len(certificates) == 1
+    description = certificates[0]
     assert description["status"] == "ACTIVE"
     assert description["certificatePem"].strip() == (out / "certificate.pem").read_text().strip()
-    policies = iot.list_attached_policies(target=principals[0])["policies"]
-    assert [p["policyName"] for p in policies] == ["cvm-device-policy"]
+    assert portal.aws.policies_of(description["certificateArn"]) == ["cvm-device-policy"]
 
     again = run_client(portal, serial, token, tmp_path / "again", *extra)
     assert again.returncode == 2
@@ -275,8 +230,7 @@ def test_racing_requests_across_worker_processes_issue_one_certificate(portal):
     assert statuses.count(201) == 1, statuses
     assert set(statuses) <= {201, 403, 409}, statuses
     portal.secrets_seen.append(next(body for status, body in results if status == 201)["private_key_pem"])
-    principals = portal.iot().list_thing_principals(thingName=serial)["principals"]
-    assert len(principals) == 1
+    assert len(portal.aws.thing_certificates(serial)) == 1
 
 
 CRASH_AFTER_ATTACH = """
@@ -304,19 +258,15 @@ def test_a_process_killed_before_activation_leaves_nothing_usable_and_the_device
     )  # fmt: skip
 
     assert crashed.returncode == -9, crashed.stderr
-    iot = portal.iot()
-    left = [
-        iot.describe_certificate(certificateId=arn.rsplit("/", 1)[1])["certificateDescription"]["status"]
-        for arn in iot.list_thing_principals(thingName=serial)["principals"]
-    ]
+    left = [c["status"] for c in portal.aws.thing_certificates(serial)]
     assert left == ["INACTIVE"], "created and attached, never activated: unusable"
 
     result = run_client(portal, serial, token, tmp_path / "device")
 
     assert result.returncode == 0, result.stderr
-    principals = iot.list_thing_principals(thingName=serial)["principals"]
-    assert len(principals) == 1, "the dead issuance's certificate was removed"
-    status = iot.describe_certificate(certificateId=principals[0].rsplit("/", 1)[1])["certificateDescription"]
+    certificates = portal.aws.thing_certificates(serial)
+    assert len(certificates) == 1, "the dead issuance's certificate was removed"
+    status = certificates[0]
     assert status["status"] == "ACTIVE"
     assert status["certificatePem"].strip() == (tmp_path / "device" / "certificate.pem").read_text().strip()
 
@@ -356,12 +306,7 @@ def test_no_token_or_private_key_reaches_the_database_or_any_log(portal):
     }
     for log in portal.logs:
         haystacks[log.name] = log.read_text(errors="replace")
-    table = portal.manage(
-        "shell",
-        "-c",
-        "from provisioning import aws; import json; "
-        "print(json.dumps(list(aws.table_scan(table_name='cvm-device-association'))))",
-    ).stdout
+    table = json.dumps(list(portal.aws.table("cvm-device-association").values()))
     haystacks["dynamodb"] = table
     assert "E2E-CSR" in table
     assert "E2E-CSR" in dump

@@ -2,25 +2,61 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
-import socket
 import time
+from types import ModuleType
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
+import cvm_portal.settings
 from provisioning import governor
 from provisioning.models import Device, DeviceState
+from scripts.processes import port_in_use
 
 from .conftest import vend
 
 
-def redis_available() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
+def settings_with(monkeypatch, **environment: str) -> ModuleType:
+    """cvm_portal/settings.py read afresh, under another module name, with `environment` set."""
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    spec = importlib.util.spec_from_file_location("settings_under_test", cvm_portal.settings.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_off_switches_the_governor_off_for_every_api_not_named(monkeypatch):
+    assert settings_with(monkeypatch, CVM_AWS_RATES="off").CVM_AWS_RATES == {"default": 0.0}
+    assert settings_with(monkeypatch, CVM_AWS_RATES="CreateThing=5, OFF").CVM_AWS_RATES == {
+        "default": 0.0,
+        "CreateThing": 5.0,
+    }
+    # `default=0` leaves the named APIs' quotas as they were; only `off` clears them.
+    rates = settings_with(monkeypatch, CVM_AWS_RATES="default=0").CVM_AWS_RATES
+    assert rates["default"] == 0
+    assert rates["CreateKeysAndCertificate"] == 10
+    with pytest.raises(ImproperlyConfigured, match="is not API=calls_per_second"):
+        settings_with(monkeypatch, CVM_AWS_RATES="off,CreateThing=fast")
+
+
+@override_settings(CVM_AWS_RATES={"default": 0.0, "CreateThing": 5.0})
+def test_an_api_without_a_quota_never_waits_and_reserves_nothing(monkeypatch):
+    reserved: list[str] = []
+
+    class Recording:
+        def reserve(self, key: str, **_: float) -> governor.Decision:
+            reserved.append(key)
+            return governor.Decision(True, 0.0)
+
+    monkeypatch.setattr(governor, "backend", Recording)
+
+    assert [governor.acquire("CreateKeysAndCertificate") for _ in range(100)] == [0.0] * 100
+    governor.acquire("CreateThing")
+    assert reserved == ["CreateThing"]
 
 
 def test_local_schedule_spaces_calls_and_refuses_beyond_the_queue():
@@ -42,7 +78,7 @@ def test_burst_is_allowed_then_calls_are_spaced():
     assert waits[3] > 0
 
 
-@pytest.mark.skipif(not redis_available(), reason="no Redis on 127.0.0.1:6379")
+@pytest.mark.skipif(not port_in_use(6379), reason="no Redis on 127.0.0.1:6379")
 def test_two_instances_share_one_schedule_through_redis():
     import redis
 

@@ -8,7 +8,6 @@ import pytest
 from django.core import serializers as django_serializers
 from django.core.management import call_command
 
-from provisioning import aws
 from provisioning.crypto import amazon_root_ca_pem, token_digest
 from provisioning.models import AuditEvent, AuditKind, Certificate, Device, DeviceState
 
@@ -112,7 +111,7 @@ def reference_table(aws_mock):
 
 
 def test_import_legacy_table_imports_once_and_never_keeps_a_plaintext_token(
-    client, reference_table, legacy_on, capsys, caplog
+    client, aws_mock, reference_table, legacy_on, capsys, caplog
 ):
     caplog.set_level(logging.DEBUG)
     call_command("import_legacy_table", "--table", LEGACY_TABLE, "--dry-run")
@@ -147,7 +146,7 @@ def test_import_legacy_table_imports_once_and_never_keeps_a_plaintext_token(
     call_command("sync_dynamodb", "--once")
     capsys.readouterr()
     dump = django_serializers.serialize("json", [*Device.objects.all(), *AuditEvent.objects.all()])
-    table = str(list(aws.table_scan(table_name="cvm-device-association")))
+    table = str(list(aws_mock.table("cvm-device-association").values()))
     logs = "\n".join(record.getMessage() + str(record.__dict__) for record in caplog.records)
     for token in reference_table["tokens"]:
         assert token not in dump

@@ -8,23 +8,23 @@ certificate; the database and AWS IoT agree on what is active; the audit chain v
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections import Counter
 
 import pytest
-from django.db import connection
 from django.test import override_settings
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from rest_framework.test import APIClient
 
-from provisioning import aws, services
+from provisioning import services
 from provisioning.audit import audit_verify
 from provisioning.models import Device, DeviceState
 
-from .conftest import inject_iot_fault, make_csr, vend
+from .awsstate import AwsState
+from .conftest import make_csr, run_together, vend
+from .faults import inject_fault
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -37,8 +37,9 @@ AWS_STEPS = ["CreateThing", "CreateKeysAndCertificate", "AttachPolicy", "AttachT
 class DeviceLifecycle(RuleBasedStateMachine):
     serials = Bundle("serials")
 
-    def __init__(self) -> None:
+    def __init__(self, aws: AwsState) -> None:
         super().__init__()
+        self.aws = aws
         self.prefix = f"HS{uuid.uuid4().hex[:6]}-"
         self.api = APIClient()
         self.tokens: dict[str, str] = {}
@@ -73,22 +74,7 @@ class DeviceLifecycle(RuleBasedStateMachine):
     @rule(serial=serials)
     def racing_vends(self, serial: str) -> None:
         token = self.tokens.get(serial, "no-token")
-        statuses: list[int] = []
-        barrier = threading.Barrier(4)
-
-        def one() -> None:
-            client = APIClient()
-            barrier.wait()
-            try:
-                statuses.append(vend(client, serial, token).status_code)
-            finally:
-                connection.close()
-
-        threads = [threading.Thread(target=one) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        statuses = run_together(4, lambda _: vend(APIClient(), serial, token).status_code)
         assert set(statuses) <= {201, 403, 409}, statuses
         for status in statuses:
             self.record(token, status)
@@ -96,11 +82,11 @@ class DeviceLifecycle(RuleBasedStateMachine):
     @rule(serial=serials, step=st.sampled_from(AWS_STEPS))
     def vend_while_aws_fails(self, serial: str, step: str) -> None:
         token = self.tokens.get(serial, "no-token")
-        fault, remove = inject_iot_fault(step)
+        fault = inject_fault(step)
         try:
             response = vend(self.api, serial, token)
         finally:
-            remove()
+            fault.remove()
         assert response.status_code in (403, 503), response.content
         OUTCOMES[f"vend with AWS failing {response.status_code}"] += 1
         if response.status_code == 503:
@@ -128,9 +114,7 @@ class DeviceLifecycle(RuleBasedStateMachine):
     @invariant()
     def database_and_aws_iot_agree(self) -> None:
         for device in Device.objects.filter(serial__startswith=self.prefix).select_related("current_certificate"):
-            active = [
-                c.certificate_id for c in aws.thing_certificates(thing_name=device.serial) if c.status == "ACTIVE"
-            ]
+            active = [c["certificateId"] for c in self.aws.thing_certificates(device.serial) if c["status"] == "ACTIVE"]
             assert len(active) <= 1, f"{device.serial} has {len(active)} ACTIVE certificates"
             if device.state == DeviceState.ACTIVE:
                 assert active == [device.current_certificate.certificate_id]
@@ -146,7 +130,7 @@ class DeviceLifecycle(RuleBasedStateMachine):
 def test_device_lifecycle_invariants(aws_mock):
     OUTCOMES.clear()
     run_state_machine_as_test(
-        DeviceLifecycle,
+        lambda: DeviceLifecycle(aws_mock),
         settings=settings(
             max_examples=15,
             stateful_step_count=25,

@@ -1,7 +1,9 @@
 """Loaded by pytest before Django starts (see pyproject.toml): the environment the suite runs in.
 
 Fixed, obviously fake secrets; SSL redirects off because the in-process test client speaks plain HTTP;
-AWS pointed at nothing real so a test that forgets moto cannot reach an account.
+AWS pointed at nothing real so a test that forgets moto cannot reach an account; the AWS IoT quota
+governor off, because moto has no quota to protect and waiting for slots only slows the suite (the
+governor's own tests set the rates they test).
 """
 
 import os
@@ -19,6 +21,7 @@ os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
 # Staff log in with a password in most tests; the two-factor tests turn it on themselves.
 os.environ.setdefault("CVM_ADMIN_2FA", "off")
 os.environ.setdefault("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")
+os.environ["CVM_AWS_RATES"] = "off"
 for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_IOT", "AWS_ENDPOINT_URL_DYNAMODB"):
     os.environ.pop(name, None)
 os.environ["AWS_ACCESS_KEY_ID"] = "testing"

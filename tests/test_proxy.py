@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 
 from scripts.local_tls import ensure_tls
+from scripts.processes import PYTHON, ROOT, Children, emulator_command, free_port, manage, wait_for_port, wait_until
 
 from .conftest import make_csr
-from .test_e2e import PYTHON, ROOT, free_port, stop, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -179,29 +179,34 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         GUNICORN_BIND=f"127.0.0.1:{gunicorn_port}",
     )
     gunicorn_log = workdir / "gunicorn.log"
-    processes: list[subprocess.Popen] = []
-
-    def start(args: list[str], log: Path) -> None:
-        processes.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT))
-
-    try:
-        start([PYTHON, "-m", "scripts.emulator", "--port", str(aws_port)], workdir / "emulator.log")
-        wait_until(lambda: socket.create_connection(("127.0.0.1", aws_port), timeout=1).close() is None)
+    with Children() as children:
+        emulator = children.start(
+            "the AWS emulator", emulator_command(aws_port), env=env,
+            output=workdir / "emulator.log",
+        )  # fmt: skip
+        wait_for_port(aws_port, what="the AWS emulator", process=emulator)
         for command in (["migrate", "-v0"], ["bootstrap_aws"]):
-            subprocess.run([PYTHON, "manage.py", *command], cwd=ROOT, env=env, check=True, capture_output=True)
-        start([PYTHON, "-m", "gunicorn", "cvm_portal.wsgi:application", "--config", "gunicorn.conf.py"], gunicorn_log)
+            manage(env, *command)
+        children.start(
+            "gunicorn", [PYTHON, "-m", "gunicorn", "cvm_portal.wsgi:application", "--config", "gunicorn.conf.py"],
+            env=env, output=gunicorn_log,
+        )  # fmt: skip
         conf = write_nginx_conf(
             workdir,
             nginx_values(tls, https_port=https_port, http_port=http_port, upstream=f"127.0.0.1:{gunicorn_port}"),
         )
-        start([NGINX, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log"), "-g", "daemon off;"],
-              workdir / "nginx.log")  # fmt: skip
+        proxy = children.start(
+            "nginx", [NGINX, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log"), "-g", "daemon off;"],
+            env=env, output=workdir / "nginx.log",
+        )  # fmt: skip
         context = ssl.create_default_context(cafile=str(tls.ca_cert))
         health = f"https://127.0.0.1:{https_port}/api/v1/health"
-        wait_until(lambda: urllib.request.urlopen(health, context=context, timeout=2).status == 200)
+        wait_until(
+            lambda: urllib.request.urlopen(health, context=context, timeout=2).status == 200,
+            what="the portal behind nginx",
+            process=proxy,
+        )
         yield Stack(https_port, gunicorn_port, tls.ca_cert, env, workdir, gunicorn_log)
-    finally:
-        stop(processes)
 
 
 def test_the_portal_behind_the_proxy_is_ready_and_the_image_probe_agrees(stack):
@@ -366,4 +371,4 @@ def test_the_same_slow_clients_straight_at_gunicorn_stop_it(stack):
         time.sleep(2 * DRIP_SECONDS)
         with pytest.raises(TimeoutError):
             health(timeout=3)
-    wait_until(lambda: health(timeout=2) == 200, timeout=20)
+    wait_until(lambda: health(timeout=2) == 200, what="the portal behind nginx", timeout=20)

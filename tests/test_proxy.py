@@ -195,10 +195,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             workdir,
             nginx_values(tls, https_port=https_port, http_port=http_port, upstream=f"127.0.0.1:{gunicorn_port}"),
         )
-        proxy = children.start(
-            "nginx", [NGINX, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log"), "-g", "daemon off;"],
-            env=env, output=workdir / "nginx.log",
-        )  # fmt: skip
+        nginx = [NGINX, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log"), "-g", "daemon off;"]
+        proxy = children.start("nginx", nginx, env=env, output=workdir / "nginx.log")
         context = ssl.create_default_context(cafile=str(tls.ca_cert))
         health = f"https://127.0.0.1:{https_port}/api/v1/health"
         wait_until(

@@ -58,7 +58,7 @@ def _clear_cache() -> Iterator[None]:
 
 
 class _Boto3WithOneSession:
-    """`boto3` as provisioning.aws sees it under test: every `boto3.session.Session()` is the suite's one.
+    """`boto3` as provisioning.aws.clients sees it under test: every `boto3.session.Session()` is the suite's one.
 
     The portal builds each client from a new session, which loads botocore's service models again: about
     0.1 s per client pair, for every test, against a few milliseconds from one shared session.
@@ -71,7 +71,7 @@ class _Boto3WithOneSession:
 def aws_mock(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsState]:
     """In-process moto with the policy and table `bootstrap_aws` creates; what AWS holds, to assert on."""
     apply_fixes()
-    monkeypatch.setattr(aws, "boto3", _Boto3WithOneSession)
+    monkeypatch.setattr(aws.clients, "boto3", _Boto3WithOneSession)
     with mock_aws():
         # New clients for the portal in each test: a fault's hooks and botocore's retry quota live in
         # a client. The test's own clients (AwsState) come from the same session but are not the portal's.

@@ -167,7 +167,7 @@ def test_a_lost_answer_is_recovered_by_running_the_client_again(portal, tmp_path
 
     assert again.returncode == 0, again.stderr
     assert (out / "certificate.pem").read_text() == first
-    assert len(portal.iot().list_thing_principals(thingName=serial)["principals"]) == 1
+    assert len(portal.aws.iot.list_thing_principals(thingName=serial)["principals"]) == 1
 
 
 def test_the_client_rotates_a_device_and_the_old_certificate_is_revoked(portal, tmp_path):
@@ -190,7 +190,7 @@ def test_the_client_rotates_a_device_and_the_old_certificate_is_revoked(portal, 
     assert (out / "previous-private.key").read_text() == old_key
     assert (out / "private.key").read_text() != old_key
     assert not (out / "pending-private.key").exists()
-    iot = portal.iot()
+    iot = portal.aws.iot
     statuses = {
         iot.describe_certificate(certificateId=c["certificateId"])["certificateDescription"][
             "certificatePem"

@@ -80,7 +80,12 @@ def test_sqlite_wal_and_shared_memory_files_are_owner_only_while_open(tmp_path, 
     from django.db.backends.sqlite3.base import DatabaseWrapper
 
     database = tmp_path / "cvm.sqlite3"
-    wrapper = DatabaseWrapper({**connection.settings_dict, "NAME": str(database)}, alias="private-files-check")
+    # The local default's SQLite settings, whichever database the suite itself runs on.
+    sqlite = {"transaction_mode": "IMMEDIATE", "timeout": 30, "init_command": "PRAGMA journal_mode=WAL;"}
+    wrapper = DatabaseWrapper(
+        {**connection.settings_dict, "ENGINE": "django.db.backends.sqlite3", "NAME": str(database), "OPTIONS": sqlite},
+        alias="private-files-check",
+    )
     with django_db_blocker.unblock():
         try:
             with wrapper.cursor() as cursor:

@@ -21,6 +21,11 @@ TOKEN_TTL_MIN_DAYS, TOKEN_TTL_MAX_DAYS = 1, 3650
 # https://docs.aws.amazon.com/iot/latest/apireference/API_AttributePayload.html
 ATTRIBUTE_NAME_RE = re.compile(r"\A[a-zA-Z0-9_.,@/:#-]{1,128}\Z")
 ATTRIBUTE_VALUE_RE = re.compile(r"\A[a-zA-Z0-9_.,@/:#=\[\]-]{0,800}\Z")
+# AWS IoT Developer Guide, "Thing types": a thing without a thing type may carry three attributes. Every
+# thing here carries `serial` and `product`, which leaves one for the device's own.
+THING_ATTRIBUTES_WITHOUT_TYPE = 3
+RESERVED_ATTRIBUTES = ("serial", "product")
+DEVICE_ATTRIBUTES_MAX = THING_ATTRIBUTES_WITHOUT_TYPE - len(RESERVED_ATTRIBUTES)
 # AWS IoT API reference, CreateThing / CreateThingType / CreateThingGroup: names [a-zA-Z0-9:_-]+, 1-128.
 THING_NAME_RE = re.compile(r"\A[a-zA-Z0-9:_-]{1,128}\Z")
 # AWS IoT API reference, CreatePolicy: policyName [\w+=,.@-]+, 1-128.
@@ -52,6 +57,28 @@ def product_name_check(name: str) -> str:
     if not PRODUCT_NAME_RE.match(name):
         raise InputInvalid(f"{name[:70]!r}: {PRODUCT_NAME_MESSAGE}")
     return name
+
+
+def attributes_check(attributes: dict[str, str]) -> dict[str, str]:
+    """A device's own thing attributes, as AWS IoT's CreateThing accepts them beside serial and product."""
+    if len(attributes) > DEVICE_ATTRIBUTES_MAX:
+        raise InputInvalid(
+            f"at most {DEVICE_ATTRIBUTES_MAX} attribute(s): a thing without a thing type carries "
+            f"{THING_ATTRIBUTES_WITHOUT_TYPE}, and serial and product are two of them"
+        )
+    for name, value in attributes.items():
+        if name in RESERVED_ATTRIBUTES:
+            raise InputInvalid(f"attribute {name!r} is set by the portal")
+        if not ATTRIBUTE_NAME_RE.match(name):
+            raise InputInvalid(
+                f"attribute name {name[:70]!r} must be 1-128 of letters, digits and _ . , @ / : # - (AWS IoT's rule)"
+            )
+        if not ATTRIBUTE_VALUE_RE.match(value):
+            raise InputInvalid(
+                f"value of attribute {name!r} must be at most 800 of letters, digits and _ . , @ / : # = [ ] - "
+                "(AWS IoT's rule)"
+            )
+    return attributes
 
 
 def validate_product_name(value: str) -> None:

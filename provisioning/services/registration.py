@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.db import transaction
 from django.utils import timezone
 
-from ..audit import NewEvent, audit_append_many
-from ..bulk import chunks, db_datetime, insert_rows
+from ..audit import NewEvent
+from ..bulk import chunks, db_datetime, db_json, insert_rows
 from ..models import AuditKind, Device, DeviceState, Product
 from ..selectors import association_item
 from ..validators import PRODUCT_NAME_MESSAGE, PRODUCT_NAME_RE, SERIAL_RE, InputInvalid, product_name_check
-from .common import DEFAULT_PRODUCT, ServiceError, outbox_insert, thing_name_for
+from .common import DEFAULT_PRODUCT, ServiceError, events_record, outbox_insert, thing_name_for
+from .webhooks import Subject
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class ImportRow:
     line: int
     serial: str
     product: str
+    # The device's own thing attributes (validators.attributes_check), for a device that is new.
+    attributes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -97,12 +100,12 @@ def devices_import(*, rows: list[ImportRow], actor: str, note: dict[str, str] | 
         stamp = db_datetime(now)
         insert_rows(
             Device,
-            ["serial", "product_id", "state", "token_digest", "thing_name", "aws_cleanup_pending", "version",
-             "created_at", "updated_at"],
-            ((row.serial, product_ids[row.product], DeviceState.REGISTERED, "", thing_name_for(row.serial), False, 1,
-              stamp, stamp) for row in new_rows),
+            ["serial", "product_id", "state", "token_digest", "thing_name", "attributes", "aws_cleanup_pending",
+             "version", "created_at", "updated_at"],
+            ((row.serial, product_ids[row.product], DeviceState.REGISTERED, "", thing_name_for(row.serial),
+              db_json(row.attributes), False, 1, stamp, stamp) for row in new_rows),
         )  # fmt: skip
-        audit_append_many(
+        events_record(
             [
                 NewEvent(
                     kind=AuditKind.DEVICE_REGISTERED, actor=actor, serial=row.serial, data={"product": row.product}
@@ -120,7 +123,10 @@ def devices_import(*, rows: list[ImportRow], actor: str, note: dict[str, str] | 
                         "products_created": len(missing),
                     },
                 )
-            ]
+            ],
+            subjects={
+                row.serial: Subject(thing_name=thing_name_for(row.serial), product=row.product) for row in new_rows
+            },
         )
         # New devices are all alike but for serial, product and thing name: their items need no query.
         outbox_insert(

@@ -112,6 +112,10 @@ class StaffApi(APIView):
     # The permission (of the role's group, as the admin checks it) each method needs.
     required_permissions: dict[str, str] = {}
 
+    @property
+    def allowed_methods(self) -> list[str]:
+        return [method for method in super().allowed_methods if method != "OPTIONS"]
+
     @staticmethod
     def actor(request: Request) -> str:
         return request.user.actor

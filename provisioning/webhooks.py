@@ -171,8 +171,12 @@ def delivery_send(delivery: WebhookDelivery) -> Outcome:
         )
     except requests.Timeout:
         return Outcome(None, "timeout")
+    except requests.exceptions.SSLError:
+        return Outcome(None, "TLS failed: the endpoint's certificate did not verify")
+    except requests.ConnectionError:
+        return Outcome(None, "connection failed")
     except requests.RequestException as exc:
-        return Outcome(None, f"{type(exc).__name__}: {str(exc)[:200]}")
+        return Outcome(None, f"{type(exc).__name__}")
     response.close()
     if response.is_redirect:
         return Outcome(response.status_code, f"HTTP {response.status_code}: redirects are not followed")

@@ -5,6 +5,7 @@ least once and in order per device, retried with back-off, never carrying a secr
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -39,7 +40,7 @@ pytestmark = pytest.mark.django_db
 class Receiver:
     """An HTTP endpoint on 127.0.0.1 that records what it is sent and answers as told."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Any = None) -> None:
         self.received: list[tuple[dict[str, str], str]] = []
         self.failures_left = 0
         self.status = 204
@@ -71,7 +72,13 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/cvm"
+        scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls.server_cert, tls.server_key)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_port}/hooks/cvm"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def events(self) -> list[dict[str, Any]]:
@@ -316,12 +323,31 @@ def test_a_slow_endpoint_times_out(receiver, endpoint, settings):
     assert WebhookDelivery.objects.get().last_error == "timeout"
 
 
+def test_https_endpoints_are_verified_against_certifi_or_the_configured_bundle(db, tmp_path, settings):
+    from scripts.local_tls import ensure_tls
+
+    tls = ensure_tls(tmp_path / "tls")
+    receiver = Receiver(tls=tls)
+    try:
+        webhook_add(url=receiver.url, event_types=[], actor="test")
+        register("SN-1")
+
+        assert deliveries_send().failed == 1  # a private CA is not in certifi's bundle
+        assert WebhookDelivery.objects.get().last_error == "TLS failed: the endpoint's certificate did not verify"
+
+        settings.CVM_WEBHOOK_CA_BUNDLE = str(tls.ca_cert)
+        assert deliveries_send(ignore_backoff=True).delivered == 1
+        assert [e["data"]["serial"] for e in receiver.events()] == ["SN-1"]
+    finally:
+        receiver.close()
+
+
 def test_an_endpoint_that_is_down_is_a_failed_attempt(db):
     webhook_add(url="http://127.0.0.1:9/nothing-listens", event_types=[], actor="test")
     register("SN-1")
 
     assert deliveries_send().failed == 1
-    assert "ConnectionError" in WebhookDelivery.objects.get().last_error
+    assert WebhookDelivery.objects.get().last_error == "connection failed"
 
 
 # --- what is sent, to whom ------------------------------------------------------------------------
@@ -446,7 +472,7 @@ def test_deliver_webhooks_once_delivers_and_says_what_is_left(receiver, endpoint
     assert out.getvalue().strip() == "delivered 2 event(s); 0 failed attempt(s); 0 pending"
     register("SN-3")
     receiver.failures_left = 5
-    with pytest.raises(CommandError, match="1 delivery"):
+    with pytest.raises(CommandError, match="1 delivery is still pending"):
         call_command("deliver_webhooks", "--once", stdout=StringIO())
 
 

@@ -44,4 +44,5 @@ class Command(PortalCommand):
         pending = deliveries_pending()
         self.stdout.write(f"delivered {delivered} event(s); {failed} failed attempt(s); {pending} pending")
         if pending:
-            raise CommandError(f"{pending} delivery(ies) still pending; they will be retried (see the admin)")
+            noun = "delivery is" if pending == 1 else "deliveries are"
+            raise CommandError(f"{pending} {noun} still pending; they will be retried (see the admin)")

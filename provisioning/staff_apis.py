@@ -97,7 +97,11 @@ def query_filters(request: Request, serializer_class: type[serializers.Serialize
     repeated = sorted(name for name in query if len(query.getlist(name)) > 1)
     if repeated:
         raise ValidationError({name[:64]: ["give this parameter once"] for name in repeated[:10]})
-    serializer = serializer_class(data={name: query[name] for name in query})
+    unknown = sorted(set(query) - set(serializer_class().fields))
+    if unknown:
+        raise ValidationError({name[:64]: ["unknown query parameter"] for name in unknown[:10]})
+    # An empty value (`?state=&product=meter`) means no filter, as in a form left blank.
+    serializer = serializer_class(data={name: query[name] for name in query if query[name] != ""})
     serializer.is_valid(raise_exception=True)
     return serializer.validated_data
 

@@ -351,6 +351,8 @@ def test_device_list_filters_and_refuses_what_it_does_not_know(as_role, make_dev
 
     assert [d["serial"] for d in client.get("/api/v1/devices?state=token_issued").json()["results"]] == ["SN-A"]
     assert [d["serial"] for d in client.get("/api/v1/devices?product=sensor").json()["results"]] == ["SN-B"]
+    blank = client.get("/api/v1/devices?state=&product=sensor&cursor=").json()["results"]
+    assert [d["serial"] for d in blank] == ["SN-B"], "an empty value is no filter"
     for query, field in [
         ("state=lost", "state"),
         ("colour=red", "colour"),

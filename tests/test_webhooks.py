@@ -239,7 +239,8 @@ def test_a_later_event_of_a_device_waits_behind_a_failing_one_while_other_device
 
     deliver_all()  # SN-A's first fails; its second waits behind it; SN-B goes
 
-    assert [e["data"]["serial"] for e in receiver.events()] == ["SN-A", "SN-B"]
+    # SN-A's first and SN-B's went out side by side: they may arrive in either order.
+    assert sorted(e["data"]["serial"] for e in receiver.events()) == ["SN-A", "SN-B"]
     pending = list(WebhookDelivery.objects.filter(delivered_at__isnull=True).order_by("id"))
     assert [d.serial for d in pending] == ["SN-A", "SN-A"]
     failed, waiting = pending
@@ -254,9 +255,9 @@ def test_a_later_event_of_a_device_waits_behind_a_failing_one_while_other_device
     WebhookDelivery.objects.filter(pk=failed.pk).update(next_attempt_at=timezone.now())
     deliver_all()
 
-    assert [e["data"]["serial"] for e in receiver.events()] == ["SN-A", "SN-B", "SN-A", "SN-A"]
+    assert [e["data"]["serial"] for e in receiver.events()][2:] == ["SN-A", "SN-A"]
     ids = [headers["webhook-id"] for headers, _ in receiver.received]
-    assert ids[2] == ids[0] == failed.message_id
+    assert ids[2] == failed.message_id
     assert ids[3] == waiting.message_id
     assert not WebhookDelivery.objects.filter(delivered_at__isnull=True).exists()
 

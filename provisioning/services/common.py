@@ -2,8 +2,9 @@
 
 Each change to a device is one short transaction that updates the row with a conditional UPDATE (the
 state the lifecycle allows the change from, plus whatever else must still hold), checks that exactly
-one row changed, bumps `version`, and appends its audit event and DynamoDB outbox entry. AWS is never
-called inside such a transaction.
+one row changed, bumps `version`, and appends its audit event, its DynamoDB outbox entry and the
+webhook deliveries its audit event stands for (`events_record`). AWS is never called inside such a
+transaction.
 """
 
 from __future__ import annotations

@@ -54,6 +54,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    # Its abstract key model (hashed keys, prefixes) is what provisioning.StaffApiKey builds on; its own
+    # concrete model and admin page are unused (provisioning/admin.py takes the page away).
+    "rest_framework_api_key",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "axes",
@@ -220,7 +223,9 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "CVM portal device API",
     "DESCRIPTION": "Certificate vending for AWS IoT Core: a device trades its serial and one-time token "
-    "for an X.509 certificate.",
+    "for an X.509 certificate. The staff API (devices, tokens, revoke, reset, audit events) serves factory "
+    "lines and security tooling; it takes `Authorization: Api-Key <key>` with a key made by "
+    "`manage.py create_api_key NAME --role factory|security|auditor`.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
@@ -250,6 +255,19 @@ CVM_AUDIT_ANCHOR_RETENTION_DAYS = env.int("CVM_AUDIT_ANCHOR_RETENTION_DAYS", def
 
 # --- Device API limits
 CVM_MAX_BODY_BYTES = 64 * 1024
+# The staff API's bulk calls (POST /api/v1/devices and /api/v1/tokens) take up to 100,000 entries; a
+# registration of 100,000 serials with a product is about 5 MB of JSON. Every other path keeps 64 KiB.
+CVM_API_BULK_MAX_BODY_BYTES = env.int("CVM_API_BULK_MAX_BODY_BYTES", default=16 * 1024 * 1024)
+# Requests per staff API key per minute (a fixed window in the cache, so shared by every instance on Redis).
+CVM_API_KEY_REQUESTS_PER_MINUTE = env.int("CVM_API_KEY_REQUESTS_PER_MINUTE", default=600)
+if CVM_API_BULK_MAX_BODY_BYTES < CVM_MAX_BODY_BYTES or CVM_API_KEY_REQUESTS_PER_MINUTE < 1:
+    raise ImproperlyConfigured(
+        "CVM_API_BULK_MAX_BODY_BYTES must be at least 65536 and CVM_API_KEY_REQUESTS_PER_MINUTE at least 1"
+    )
+# Django's own cap on a body it reads whole (2.5 MiB by default) would refuse a bulk call before its own
+# limit: raise it to that. Every path under /api/ is held to its limit before Django reads anything
+# (provisioning.middleware.ApiGuardMiddleware); forms elsewhere stay bounded by their field count.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(CVM_API_BULK_MAX_BODY_BYTES, 2_621_440)
 CVM_FAILED_TOKENS_PER_SERIAL = env.int("CVM_FAILED_TOKENS_PER_SERIAL", default=10)
 CVM_FAILED_TOKENS_PER_ADDRESS = env.int("CVM_FAILED_TOKENS_PER_ADDRESS", default=100)
 CVM_REQUESTS_PER_ADDRESS = env.int("CVM_REQUESTS_PER_ADDRESS", default=6000)
@@ -285,6 +303,15 @@ if not validators.POLICY_NAME_RE.match(CVM_IOT_POLICY_NAME):
 if not validators.TABLE_NAME_RE.match(CVM_DYNAMODB_TABLE):
     raise ImproperlyConfigured("CVM_DYNAMODB_TABLE: 3-255 of letters, digits and _ . - (DynamoDB's rule)")
 CVM_OUTBOX_RETENTION_DAYS = env.int("CVM_OUTBOX_RETENTION_DAYS", default=7)
+
+# --- Webhooks (SPEC §10): delivery timeouts, the longest pause between retries, an extra CA bundle.
+CVM_WEBHOOK_CONNECT_TIMEOUT = env.float("CVM_WEBHOOK_CONNECT_TIMEOUT", default=5.0)
+CVM_WEBHOOK_READ_TIMEOUT = env.float("CVM_WEBHOOK_READ_TIMEOUT", default=10.0)
+CVM_WEBHOOK_MAX_BACKOFF_SECONDS = env.int("CVM_WEBHOOK_MAX_BACKOFF_SECONDS", default=3600)
+# Endpoints are verified against certifi's bundle, or this file (an internal CA) when set.
+CVM_WEBHOOK_CA_BUNDLE = env.str("CVM_WEBHOOK_CA_BUNDLE", default="")
+if min(CVM_WEBHOOK_CONNECT_TIMEOUT, CVM_WEBHOOK_READ_TIMEOUT) <= 0 or CVM_WEBHOOK_MAX_BACKOFF_SECONDS < 1:
+    raise ImproperlyConfigured("CVM_WEBHOOK_*_TIMEOUT must be above 0 and CVM_WEBHOOK_MAX_BACKOFF_SECONDS at least 1")
 CVM_AWS_CONNECT_TIMEOUT = env.float("CVM_AWS_CONNECT_TIMEOUT", default=3.0)
 CVM_AWS_READ_TIMEOUT = env.float("CVM_AWS_READ_TIMEOUT", default=10.0)
 CVM_AWS_MAX_ATTEMPTS = env.int("CVM_AWS_MAX_ATTEMPTS", default=3)

@@ -14,6 +14,14 @@ from provisioning.apis import (
     ReadyApi,
     metrics_view,
 )
+from provisioning.staff_apis import (
+    AuditEventsApi,
+    DeviceDetailApi,
+    DeviceResetApi,
+    DeviceRevokeApi,
+    DevicesApi,
+    TokensApi,
+)
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
@@ -23,6 +31,13 @@ urlpatterns = [
     path("api/v1/certificates/rotate/confirm", CertificateRotateConfirmApi.as_view(), name="certificate-confirm"),
     path("api/v1/health", HealthApi.as_view(), name="health"),
     path("api/v1/ready", ReadyApi.as_view(), name="ready"),
+    # The staff API (SPEC §9).
+    path("api/v1/devices", DevicesApi.as_view(), name="devices"),
+    path("api/v1/devices/<str:serial>", DeviceDetailApi.as_view(), name="device"),
+    path("api/v1/devices/<str:serial>/revoke", DeviceRevokeApi.as_view(), name="device-revoke"),
+    path("api/v1/devices/<str:serial>/reset", DeviceResetApi.as_view(), name="device-reset"),
+    path("api/v1/tokens", TokensApi.as_view(), name="tokens"),
+    path("api/v1/audit-events", AuditEventsApi.as_view(), name="audit-events"),
     path("metrics", metrics_view, name="metrics"),
     # Answers 404 unless CVM_LEGACY_API is on (checked per request, so the setting needs no URL reload).
     path("getcert", LegacyCertificateApi.as_view(), name="legacy-getcert"),

@@ -14,6 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -26,7 +27,7 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from . import metrics
+from . import aws, metrics
 from .middleware import client_address
 from .readiness import readiness_check
 from .serializers import (
@@ -41,7 +42,7 @@ from .serializers import (
     VendInputSerializer,
     VendOutputSerializer,
 )
-from .services import VendRefused, VendRetryLater, certificate_vend
+from .services import ServiceError, VendRefused, VendRetryLater, aws_failure_advice, certificate_vend
 from .services.rotation import ProofRefused, RotationInvalid, certificate_rotate, rotation_confirm
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ def _note(context: dict[str, Any], outcome: str) -> None:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """Every domain error of the device API mapped to its answer; DRF's own errors as DRF shapes them."""
+    """Every domain error of the device and staff APIs mapped to its answer; DRF's own errors as DRF shapes
+    them."""
     if isinstance(exc, VendRefused):
         _note(context, f"refused:{exc.reason}")
         return Response({"detail": GENERIC_REFUSAL}, status=status.HTTP_403_FORBIDDEN)
@@ -71,11 +73,25 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, RotationInvalid):
         _note(context, "rejected:csr")
         return Response({"csr": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, aws.AwsError):
+        # Staff calls that reach AWS (revoke, reset): nothing was done, or only what a retry repeats.
+        _note(context, f"retry_later:{exc.code}")
+        return Response(
+            {"detail": aws_failure_advice(exc)},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+    if isinstance(exc, ServiceError):
+        # A staff request the fleet's state does not allow now (a device that is not active, …).
+        _note(context, "refused:state")
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     response = drf_exception_handler(exc, context)
     if response is not None:
         if isinstance(exc, APIException):
             _note(context, f"rejected:{type(exc).__name__}")
         return response
+    if isinstance(exc, RequestDataTooBig):
+        return Response({"detail": "request body is too large"}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     if isinstance(exc, DatabaseError):
         logger.error("database unavailable", exc_info=exc)
         return Response(
@@ -87,18 +103,25 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return Response({"detail": "internal error"}, status=status.HTTP_500_INTERNAL_SERVER_ERROR)
 
 
-class AddressRateThrottle(BaseThrottle):
-    """At most CVM_REQUESTS_PER_ADDRESS requests a minute from one client address.
+class FixedWindowThrottle(BaseThrottle):
+    """At most `limit()` requests a minute per `ident()`.
 
     A fixed-window counter in the shared cache: one increment per request, the same for all workers and
     instances when CACHE_URL names Redis.
     """
 
     window = 60
+    scope = ""
+
+    def ident(self, request: Request) -> str:
+        raise NotImplementedError
+
+    def limit(self) -> int:
+        raise NotImplementedError
 
     def allow_request(self, request: Request, view: APIView) -> bool:
         now = time.time()
-        key = f"cvm:rate:{client_address(request._request)}:{int(now // self.window)}"
+        key = f"cvm:rate:{self.scope}{self.ident(request)}:{int(now // self.window)}"
         cache.add(key, 0, timeout=self.window * 2)
         try:
             count = cache.incr(key)
@@ -106,10 +129,20 @@ class AddressRateThrottle(BaseThrottle):
             cache.set(key, 1, timeout=self.window * 2)
             count = 1
         self._wait = self.window - (now % self.window)
-        return count <= settings.CVM_REQUESTS_PER_ADDRESS
+        return count <= self.limit()
 
     def wait(self) -> float:
         return self._wait
+
+
+class AddressRateThrottle(FixedWindowThrottle):
+    """At most CVM_REQUESTS_PER_ADDRESS requests a minute from one client address."""
+
+    def ident(self, request: Request) -> str:
+        return str(client_address(request._request))
+
+    def limit(self) -> int:
+        return settings.CVM_REQUESTS_PER_ADDRESS
 
 
 RETRY_ANSWERS = {

@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass
 
 from django.db import models
+from rest_framework_api_key.models import AbstractAPIKey
 
 from .validators import validate_policy_name, validate_product_name, validate_thing_type_name
 
@@ -123,7 +124,8 @@ class Device(models.Model):
     claim_id = models.UUIDField(null=True, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     thing_name = models.CharField(max_length=128, blank=True)
-    # The device's own thing attributes, from the factory's CSV (beside `serial` and `product`).
+    # The device's own thing attributes (name -> value), beside `serial` and `product`; checked against AWS
+    # IoT's attribute rules where they enter (validators.py).
     attributes = models.JSONField(default=dict, blank=True)
     # A failed issuance could not remove a certificate it created (AWS was down); the next vend, or
     # `reconcile`, removes whatever the thing holds that the database does not know before going on.
@@ -254,6 +256,11 @@ class AuditKind(models.TextChoices):
     PRODUCT_CONFIGURED = "product_configured", "product configured"
     ADMIN_LOGIN = "admin_login", "staff login"
     ADMIN_LOGIN_FAILED = "admin_login_failed", "staff login failed"
+    API_KEY_CREATED = "api_key_created", "staff API key created"
+    API_KEY_REVOKED = "api_key_revoked", "staff API key revoked"
+    WEBHOOK_ADDED = "webhook_added", "webhook endpoint added"
+    WEBHOOK_DISABLED = "webhook_disabled", "webhook endpoint disabled"
+    WEBHOOK_ENABLED = "webhook_enabled", "webhook endpoint enabled"
 
 
 class AuditEventQuerySet(models.QuerySet):
@@ -420,8 +427,115 @@ class ImportBatch(models.Model):
         return f"{self.file_name} ({self.state})"
 
 
+class ApiKeyRole(models.TextChoices):
+    """A staff API key's role: the group of the same name (SPEC §8) holds its permissions."""
+
+    FACTORY = "factory", "factory"
+    SECURITY = "security", "security"
+    AUDITOR = "auditor", "auditor"
+
+
+class StaffApiKey(AbstractAPIKey):
+    """A key for the staff API (SPEC §9): stored as a SHA-512 hash with an 8-character prefix to find it.
+
+    The key itself is printed once by `create_api_key`. Its permissions are those of the group named
+    like its role, read at each request, so the admin's groups are the one source of truth for both.
+    """
+
+    role = models.CharField(max_length=16, choices=ApiKeyRole.choices)
+    created_by = models.CharField(max_length=150, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.CharField(max_length=150, blank=True)
+    # Written at most once a minute per key, so a busy key costs no write per request.
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(AbstractAPIKey.Meta):
+        verbose_name = "staff API key"
+        verbose_name_plural = "staff API keys"
+        constraints = [
+            # The audit log names a key by its name (`api-key:NAME`): two usable keys never share one.
+            models.UniqueConstraint(fields=["name"], condition=models.Q(revoked=False), name="one_usable_key_per_name")
+        ]
+
+    @property
+    def actor(self) -> str:
+        return f"api-key:{self.name}"
+
+
+class WebhookEndpoint(models.Model):
+    """A system that receives the fleet's events (SPEC §10), signed per the Standard Webhooks spec."""
+
+    url = models.CharField(max_length=2000)
+    description = models.CharField(max_length=255, blank=True)
+    # The event types it receives; empty: all of them.
+    event_types = models.JSONField(default=list, blank=True)
+    # `whsec_` + base64: the key of the HMAC every delivery is signed with. The portal must hold it to
+    # sign, so it is kept as it is; it is shown once, by `add_webhook`, and never in the admin.
+    secret = models.CharField(max_length=100)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.CharField(max_length=150, blank=True)
+    disabled_at = models.DateTimeField(null=True, blank=True)
+    disabled_by = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = "webhook endpoint"
+
+    def __str__(self) -> str:
+        return self.url
+
+    def wants(self, event_type: str) -> bool:
+        return not self.event_types or event_type in self.event_types
+
+
+class WebhookDelivery(models.Model):
+    """One event on its way to one endpoint, written in the transaction of the change it reports.
+
+    `message_id` (the `webhook-id` header) is the event's and is the same for every endpoint and every
+    attempt, so a receiver can drop a duplicate. Deliveries of one device to one endpoint go out one at a
+    time in `id` order: a later one waits while an earlier one is pending.
+    """
+
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
+    message_id = models.CharField(max_length=40)
+    event_type = models.CharField(max_length=40)
+    # The order key: events of one device reach an endpoint in the order they happened.
+    serial = models.CharField(max_length=64, blank=True)
+    # Exactly the bytes sent (and signed): {"type", "timestamp", "data"}.
+    body = models.TextField()
+    created_at = models.DateTimeField()
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField()
+    leased_until = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=255, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = "webhook delivery"
+        verbose_name_plural = "webhook deliveries"
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at", "id"], name="webhook_due", condition=models.Q(delivered_at__isnull=True)
+            ),
+            models.Index(
+                fields=["endpoint", "serial", "id"],
+                name="webhook_device_order",
+                condition=models.Q(delivered_at__isnull=True),
+            ),
+            models.Index(fields=["delivered_at"], name="webhook_delivered"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.serial} -> {self.endpoint_id}"
+
+
 __all__ = [
     "LIFECYCLE",
+    "ApiKeyRole",
     "AuditChainHead",
     "AuditEvent",
     "AuditKind",
@@ -436,7 +550,10 @@ __all__ = [
     "KeyOrigin",
     "Product",
     "ProofJti",
+    "StaffApiKey",
     "Transition",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "action_allowed",
     "allowed_states",
 ]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Min, Prefetch, Q, QuerySet
 from django.db.models.functions import TruncDate
 
-from .models import AuditEvent, AuditKind, Device, DeviceState, DynamoOutbox
+from .models import AuditEvent, AuditKind, Certificate, Device, DeviceState, DynamoOutbox
 
 
 def device_get(*, serial: str) -> Device | None:
@@ -17,6 +17,50 @@ def device_get(*, serial: str) -> Device | None:
         .filter(serial=serial)
         .first()
     )
+
+
+def devices_list(*, state: str | None = None, product: str | None = None) -> QuerySet[Device]:
+    """Devices for the staff API's list, filtered; the caller orders and pages them."""
+    devices = Device.objects.select_related("product", "current_certificate", "pending_certificate")
+    if state:
+        devices = devices.filter(state=state)
+    if product:
+        devices = devices.filter(product__name=product)
+    return devices
+
+
+def device_with_certificates(*, serial: str) -> Device | None:
+    """A device and its whole certificate history, newest first."""
+    return (
+        Device.objects.select_related("product", "current_certificate", "pending_certificate")
+        .prefetch_related(Prefetch("certificates", queryset=Certificate.objects.order_by("-issued_at", "-id")))
+        .filter(serial=serial)
+        .first()
+    )
+
+
+def serials_unknown(serials: list[str]) -> set[str]:
+    """Those of `serials` that no device has."""
+    from .bulk import chunks
+
+    known: set[str] = set()
+    for chunk in chunks(serials):
+        known.update(Device.objects.filter(serial__in=chunk).values_list("serial", flat=True))
+    return set(serials) - known
+
+
+def audit_events_list(
+    *, serial: str | None = None, kind: str | None = None, since: datetime | None = None
+) -> QuerySet[AuditEvent]:
+    """Audit events for the staff API, filtered; the caller orders them by `seq` and pages them."""
+    events = AuditEvent.objects.all()
+    if serial:
+        events = events.filter(serial=serial)
+    if kind:
+        events = events.filter(kind=kind)
+    if since:
+        events = events.filter(created_at__gte=since)
+    return events
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,11 @@ TOKEN_TTL_MIN_DAYS, TOKEN_TTL_MAX_DAYS = 1, 3650
 # https://docs.aws.amazon.com/iot/latest/apireference/API_AttributePayload.html
 ATTRIBUTE_NAME_RE = re.compile(r"\A[a-zA-Z0-9_.,@/:#-]{1,128}\Z")
 ATTRIBUTE_VALUE_RE = re.compile(r"\A[a-zA-Z0-9_.,@/:#=\[\]-]{0,800}\Z")
+# AWS IoT Developer Guide, "Thing types": a thing without a thing type may carry three attributes. Every
+# thing here carries `serial` and `product`, which leaves one for the device's own.
+THING_ATTRIBUTES_WITHOUT_TYPE = 3
+RESERVED_ATTRIBUTES = ("serial", "product")
+DEVICE_ATTRIBUTES_MAX = THING_ATTRIBUTES_WITHOUT_TYPE - len(RESERVED_ATTRIBUTES)
 # AWS IoT API reference, CreateThing / CreateThingType / CreateThingGroup: names [a-zA-Z0-9:_-]+, 1-128.
 THING_NAME_RE = re.compile(r"\A[a-zA-Z0-9:_-]{1,128}\Z")
 # AWS IoT API reference, CreatePolicy: policyName [\w+=,.@-]+, 1-128.
@@ -117,6 +122,15 @@ def _as_validation_error(check: Callable[[str], object], value: str) -> None:
         check(value)
     except InputInvalid as exc:
         raise ValidationError(str(exc), code="invalid") from None
+
+
+def attributes_check(attributes: dict[str, str], *, has_thing_type: bool = False) -> dict[str, str]:
+    """A device's own thing attributes (name -> value), as AWS IoT's CreateThing accepts them beside serial and
+    product: how many (by whether its product has a thing type), and each name and value."""
+    attribute_count_check(len(attributes), has_thing_type=has_thing_type)
+    for name, value in attributes.items():
+        attribute_check(name, value)
+    return attributes
 
 
 def validate_product_name(value: str) -> None:

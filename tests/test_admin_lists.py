@@ -27,9 +27,15 @@ def changelist(name: str) -> str:
 
 @pytest.fixture
 def busy_portal(client, superuser, make_device, api, aws_mock):
-    """A row in every list: devices in several states, a certificate, audit events, outbox rows, logins."""
+    """A row in every list: devices in several states, a certificate, audit events, outbox rows, logins, an
+    API key, a webhook endpoint and its deliveries."""
     from django_otp.plugins.otp_totp.models import TOTPDevice
 
+    from provisioning.services.apikeys import api_key_create
+    from provisioning.services.webhooks import webhook_add
+
+    api_key_create(name="line-1", role="factory", actor="test")
+    webhook_add(url="https://erp.example.com/hooks", event_types=[], actor="test")  # a delivery per device
     issued = make_device("SN-LIST-1")
     assert vend(api, issued.serial, issued.token).status_code == 201
     make_device("SN-LIST-2")

@@ -26,3 +26,19 @@ def test_api_conforms_to_its_schema(case, aws_mock):
     # random serial and token are refused (403). Every other check runs, negative-data rejection included.
     response = case.call_and_validate(excluded_checks=[positive_data_acceptance])
     assert response.status_code < 500 or response.status_code == 503
+
+
+@schema.include(tag="staff").parametrize()
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@pytest.mark.django_db(transaction=True)
+def test_staff_api_with_a_key_conforms_to_its_schema(case, aws_mock):
+    """The staff calls again, with a security key (the role that may call all but one of them)."""
+    import uuid
+
+    from provisioning.services.apikeys import api_key_create
+
+    key = api_key_create(name=f"fuzz-{uuid.uuid4().hex[:12]}", role="security", actor="test").key
+    response = case.call_and_validate(
+        headers={"Authorization": f"Api-Key {key}"}, excluded_checks=[positive_data_acceptance]
+    )
+    assert response.status_code < 500 or response.status_code == 503

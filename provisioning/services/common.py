@@ -2,8 +2,9 @@
 
 Each change to a device is one short transaction that updates the row with a conditional UPDATE (the
 state the lifecycle allows the change from, plus whatever else must still hold), checks that exactly
-one row changed, bumps `version`, and appends its audit event and DynamoDB outbox entry. AWS is never
-called inside such a transaction.
+one row changed, bumps `version`, and appends its audit event, its DynamoDB outbox entry and the
+webhook deliveries its audit event stands for (`events_record`). AWS is never called inside such a
+transaction.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..audit import NewEvent, audit_append, audit_append_many
 from ..bulk import db_datetime, db_json, insert_rows
 from ..mirror import association_items, device_association_item
 from ..models import LIFECYCLE, Device, DynamoOutbox
+from .webhooks import Subject, webhook_events_queue
 
 DEFAULT_PRODUCT = "default"
 SYSTEM_ACTOR = "system"
@@ -45,12 +47,25 @@ def thing_name_for(serial: str) -> str:
     return f"{settings.CVM_THING_NAME_PREFIX}{serial}"
 
 
+def events_record(events: list[NewEvent], *, subjects: dict[str, Subject]) -> None:
+    """Append audit events and queue the webhook events they stand for; call inside the change's transaction.
+
+    `subjects` names each serial's thing and product for the webhook events.
+    """
+    audit_append_many(events)
+    webhook_events_queue(events, subjects=subjects)
+
+
 def record_device_change(
     device_pk: int, *, kind: str, actor: str, client_address: str | None = None, **data: object
 ) -> Device:
-    """Audit a device change and queue its DynamoDB item; call inside the change's transaction."""
+    """Audit a device change and queue its DynamoDB item and webhook events; call inside the change's
+    transaction."""
     device = Device.objects.select_related("product", "current_certificate", "pending_certificate").get(pk=device_pk)
-    audit_append(kind=kind, actor=actor, serial=device.serial, client_address=client_address, data=data)
+    events_record(
+        [NewEvent(kind=kind, actor=actor, serial=device.serial, client_address=client_address, data=data)],
+        subjects={device.serial: Subject(thing_name=device.thing_name, product=device.product.name)},
+    )
     DynamoOutbox.objects.create(serial=device.serial, version=device.version, item=device_association_item(device))
     return device
 
@@ -117,8 +132,13 @@ def devices_transition_many(
     if updated != len(rows):
         return updated
     serials = [serial for serial, _ in rows]
-    audit_append_many([NewEvent(kind=kind, actor=actor, serial=serial, data=data) for serial in serials])
     items = association_items(serials)
+    events_record(
+        [NewEvent(kind=kind, actor=actor, serial=serial, data=data) for serial in serials],
+        subjects={
+            serial: Subject(thing_name=item["thingName"], product=item["product"]) for serial, item in items.items()
+        },
+    )
     outbox_insert([items[serial] for serial in serials], now=now)
     return updated
 

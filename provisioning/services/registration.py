@@ -10,7 +10,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from ..audit import NewEvent, audit_append_many
+from ..audit import NewEvent
 from ..bulk import chunks, db_datetime, db_json, insert_rows
 from ..mirror import association_item
 from ..models import AuditKind, Device, DeviceState, Product
@@ -23,7 +23,8 @@ from ..validators import (
     attribute_count_check,
     product_name_check,
 )
-from .common import DEFAULT_PRODUCT, ServiceError, outbox_insert, thing_name_for
+from .common import DEFAULT_PRODUCT, ServiceError, events_record, outbox_insert, thing_name_for
+from .webhooks import Subject
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class ImportRow:
     line: int
     serial: str
     product: str
+    # The device's own thing attributes (validators.attributes_check), for a device that is new.
     attributes: dict[str, str] = field(default_factory=dict)
 
 
@@ -178,7 +180,7 @@ def devices_import(*, rows: list[ImportRow], actor: str, note: dict[str, str] | 
             ((row.serial, product_ids[row.product], DeviceState.REGISTERED, "", thing_name_for(row.serial),
               db_json(row.attributes), False, 1, stamp, stamp) for row in new_rows),
         )  # fmt: skip
-        audit_append_many(
+        events_record(
             [
                 NewEvent(
                     kind=AuditKind.DEVICE_REGISTERED, actor=actor, serial=row.serial, data={"product": row.product}
@@ -196,7 +198,10 @@ def devices_import(*, rows: list[ImportRow], actor: str, note: dict[str, str] | 
                         "products_created": len(missing),
                     },
                 )
-            ]
+            ],
+            subjects={
+                row.serial: Subject(thing_name=thing_name_for(row.serial), product=row.product) for row in new_rows
+            },
         )
         # New devices are all alike but for serial, product and thing name: their items need no query.
         outbox_insert(

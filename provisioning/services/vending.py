@@ -19,12 +19,13 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .. import aws
-from ..audit import audit_append
+from ..audit import NewEvent, audit_append
 from ..crypto import ValidatedCsr, amazon_root_ca_pem, certificate_fingerprint, token_matches
 from ..models import AuditKind, Certificate, CertificateStatus, Device, DeviceAction, DeviceState, KeyOrigin
 from ..proofs import same_public_key
 from ..selectors import device_get, refusals_in_window
-from .common import DEVICE_ACTOR, SYSTEM_ACTOR, device_transition
+from .common import DEVICE_ACTOR, SYSTEM_ACTOR, device_transition, events_record
+from .webhooks import Subject
 
 logger = logging.getLogger(__name__)
 
@@ -128,12 +129,22 @@ def _check_failure_limits(serial: str, client_address: str | None, now: datetime
             retry_after = math.ceil((until - now).total_seconds())
             if cache.add(_lock_key(scope, key), until.timestamp(), timeout=max(1, retry_after)):
                 with transaction.atomic():
-                    audit_append(
-                        kind=AuditKind.VEND_THROTTLED,
-                        actor=DEVICE_ACTOR,
-                        serial=serial,
-                        client_address=client_address,
-                        data={"scope": scope, "failures": window.count},
+                    # Also a `device.locked_out` webhook event: the SIEM hears of the lockout once.
+                    events_record(
+                        [
+                            NewEvent(
+                                kind=AuditKind.VEND_THROTTLED,
+                                actor=DEVICE_ACTOR,
+                                serial=serial,
+                                client_address=client_address,
+                                data={"scope": scope, "failures": window.count},
+                            )
+                        ],
+                        subjects={
+                            serial: Subject(thing_name=device.thing_name, product=device.product.name)
+                            if device is not None
+                            else Subject()
+                        },
                     )
             raise VendRetryLater(429, retry_after, "too many failed attempts; retry later")
 

@@ -8,6 +8,7 @@ from provisioning.anchors import anchor_write
 from provisioning.audit import audit_head
 from provisioning.mirror import PeriodicJob, outbox_backlog, outbox_drain, outbox_follow
 from provisioning.services.rotation import rotations_expire
+from provisioning.webhooks import webhooks_follow
 
 from ._base import PortalCommand
 
@@ -15,7 +16,7 @@ from ._base import PortalCommand
 class Command(PortalCommand):
     help = (
         "Push pending device changes to the DynamoDB association table; without --once keeps running as the "
-        "portal's worker, which also rolls back expired rotations and anchors the audit log."
+        "portal's worker, which also delivers webhooks, rolls back expired rotations and anchors the audit log."
     )
 
     def add_arguments(self, parser):
@@ -32,7 +33,14 @@ class Command(PortalCommand):
         # SIGTERM (systemd, Kubernetes, `make run`) and Ctrl-C finish the batch in hand, then exit.
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
-        outbox_follow(stop=stop, batch_size=batch_size, jobs=worker_jobs())
+        # Webhooks in a thread of their own: a receiver that answers slowly must not hold the mirror up.
+        webhooks = threading.Thread(target=webhooks_follow, kwargs={"stop": stop}, name="webhooks", daemon=True)
+        webhooks.start()
+        try:
+            outbox_follow(stop=stop, batch_size=batch_size, jobs=worker_jobs())
+        finally:
+            stop.set()
+            webhooks.join(timeout=30)
 
     def drain_once(self, batch_size):
         written = superseded = 0

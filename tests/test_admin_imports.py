@@ -161,7 +161,7 @@ def test_an_import_that_fails_part_way_leaves_nothing_and_says_so(as_user, facto
     def outbox_fails(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("provisioning.services._outbox_insert", outbox_fails)
+    monkeypatch.setattr("provisioning.services.registration.outbox_insert", outbox_fails)
     [batch] = imports_run_pending()
 
     assert batch.state == ImportState.FAILED

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Min, Q, QuerySet
 from django.db.models.functions import TruncDate
 
-from .models import AuditEvent, AuditKind, Device, DeviceState, DynamoOutbox
+from .models import AuditEvent, AuditKind, Device, DeviceState, DynamoOutbox, ImportBatch
 
 APPLY_STATE = {
     DeviceState.REGISTERED: 0,
@@ -97,6 +97,32 @@ def device_get(*, serial: str) -> Device | None:
         .filter(serial=serial)
         .first()
     )
+
+
+# --- Staff portal ---------------------------------------------------------------------------------
+
+
+def device_admin_queryset() -> QuerySet[Device]:
+    """Devices with what the staff pages show beside each: its product and certificates."""
+    return Device.objects.select_related("product", "current_certificate", "pending_certificate")
+
+
+def devices_for_action(queryset: QuerySet[Device]) -> list[Device]:
+    """A selection about to be confirmed, in the order its confirmation page lists it."""
+    return list(queryset.select_related("product", "current_certificate").order_by("serial"))
+
+
+def device_for_action(*, pk: int) -> Device | None:
+    return Device.objects.select_related("product", "current_certificate").filter(pk=pk).first()
+
+
+def import_batch_get(*, batch_id: Any) -> ImportBatch | None:
+    """An upload without its file (which can be tens of megabytes)."""
+    return ImportBatch.objects.defer("content").filter(pk=batch_id).first()
+
+
+def import_batches_recent(*, limit: int = 10) -> list[ImportBatch]:
+    return list(ImportBatch.objects.defer("content", "preview")[:limit])
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,18 @@
+"""The staff portal: the Django admin, with the fleet's roles (SPEC §8).
+
+Roles are groups created by a migration: `factory` adds and imports serials and issues tokens,
+`security` also revokes and resets, `auditor` reads everything and exports CSV. Nobody edits a device,
+certificate or audit event directly, superusers included; every change goes through a service.
+
+- `base` — what every list shares: declared lookups only, large-table paging, read-only, CSV export;
+- `confirm` — the confirmation page in front of issuing tokens, revoking and resetting;
+- `devices` — products and devices, their actions; `imports` — CSV uploads and their progress;
+- `history` — certificates, the audit log and the DynamoDB outbox, read-only.
+"""
+
+from . import devices, history
+from .base import DeclaredLookupsOnly, declared_lookups_everywhere
+from .devices import TtlForm
+from .imports import ImportForm
+
+__all__ = ["DeclaredLookupsOnly", "ImportForm", "TtlForm", "declared_lookups_everywhere", "devices", "history"]

@@ -22,9 +22,16 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from ..models import Certificate, Device, DeviceAction, Product
+from ..models import Certificate, Device, DeviceAction, DeviceState, Product
 from ..selectors import device_admin_queryset, device_for_action, devices_for_action
-from ..services import IssuedToken, ServiceError, device_register, devices_reset, devices_revoke, tokens_issue
+from ..services import (
+    IssuedToken,
+    ServiceError,
+    device_register,
+    devices_reset,
+    devices_revoke,
+    tokens_issue_eligible,
+)
 from ..tokenfiles import tokens_csv
 from ..validators import SERIAL_RE, TOKEN_TTL_MAX_DAYS, TOKEN_TTL_MIN_DAYS
 from .base import BigListAdmin, CsvExportMixin, NoEditing, PortalModelAdmin, actor_of
@@ -80,28 +87,52 @@ class ResetForm(TtlForm):
     reason = forms.CharField(max_length=255, help_text="recorded in the audit log")
 
 
+def _token_for(device: Device) -> str:
+    if device.state == DeviceState.TOKEN_ISSUED:
+        return "gets a new token; its unused one stops working"
+    return "gets a token"
+
+
+def _revoke_of(device: Device) -> str:
+    certificate = device.current_certificate.certificate_id[:16] + "…" if device.current_certificate else "-"
+    pending = " and its pending rotation certificate" if device.pending_certificate_id else ""
+    return f"certificate {certificate}{pending} revoked; the device can no longer connect"
+
+
+def _reset_of(device: Device) -> str:
+    if device.allows(DeviceAction.REVOKE):
+        return f"{_revoke_of(device)}; then a new token"
+    return "gets a new token"
+
+
 ISSUE_TOKENS = ConfirmedAction(
     title="Issue registration tokens",
-    warning="A device that already has an unused token gets a new one; the old token stops working.",
     lifecycle_action=DeviceAction.ISSUE_TOKEN,
-    blocked_note="needs a reset instead (active or revoked) or is being served now",
+    will="get a token",
+    describe=_token_for,
+    note="Each device gets a one-time token, shown once on the next page with a CSV to download. "
+    "A device that already has an unused token gets a new one; the old token stops working.",
     form_class=TtlForm,
 )
 REVOKE = ConfirmedAction(
     title="Revoke certificates",
-    warning="Each certificate is set REVOKED in AWS IoT and detached from its thing and policy. "
-    "The devices can no longer connect. This cannot be undone; a reset issues a new token.",
     lifecycle_action=DeviceAction.REVOKE,
-    blocked_note="is not active, so there is nothing to revoke",
+    will="will be revoked",
+    describe=_revoke_of,
+    note="Each certificate is set REVOKED in AWS IoT and detached from its thing and policy. "
+    "The devices can no longer connect. This cannot be undone; a reset issues a new token.",
     form_class=RevokeForm,
+    dangerous=True,
 )
 RESET = ConfirmedAction(
     title="Reset devices",
-    warning="An active certificate is revoked in AWS IoT first; each device then gets a new one-time "
-    "token, shown once on the next page.",
     lifecycle_action=DeviceAction.RESET,
-    blocked_note="has never had a certificate; issue a token instead",
+    will="get a new token",
+    describe=_reset_of,
+    note="An active certificate is revoked in AWS IoT first; each device then gets a new one-time "
+    "token, shown once on the next page.",
     form_class=ResetForm,
+    dangerous=True,
 )
 
 
@@ -249,21 +280,25 @@ class DeviceAdmin(ImportViews, CsvExportMixin, BigListAdmin):
 
     @admin.action(description="Issue registration tokens", permissions=["issue_token"])
     def issue_tokens_action(self, request: HttpRequest, queryset: QuerySet[Device]) -> HttpResponse | None:
-        def issue(devices: list[Device], data: dict[str, Any]) -> HttpResponse | None:
+        def issue(eligible: list[Device], skipped: dict[str, str], data: dict[str, Any]) -> HttpResponse | None:
             try:
-                tokens = tokens_issue(
-                    serials=[d.serial for d in devices], actor=actor_of(request), ttl_days=data["ttl_days"]
+                outcome = tokens_issue_eligible(
+                    serials=[d.serial for d in eligible], actor=actor_of(request), ttl_days=data["ttl_days"]
                 )
             except ServiceError as exc:
                 self.message_user(request, f"No tokens were issued: {exc}", messages.ERROR)
                 return None
-            return self.tokens_response(request, tokens, failed={})
+            skipped = {**skipped, **outcome.skipped}
+            if not outcome.tokens:
+                report(self, request, "issued", [], skipped=skipped, failed={})
+                return None
+            return self.tokens_response(request, outcome.tokens, skipped=skipped, failed={})
 
         devices = devices_for_action(queryset)
         return confirmed_action(self, request, devices, ISSUE_TOKENS, action="issue_tokens_action", run=issue)
 
     def tokens_response(
-        self, request: HttpRequest, tokens: list[IssuedToken], *, failed: dict[str, str]
+        self, request: HttpRequest, tokens: list[IssuedToken], *, skipped: dict[str, str], failed: dict[str, str]
     ) -> TemplateResponse:
         """The one and only time these tokens are shown. Nothing of them is kept on the server."""
         csv_text = tokens_csv(tokens)
@@ -272,6 +307,7 @@ class DeviceAdmin(ImportViews, CsvExportMixin, BigListAdmin):
             "opts": self.model._meta,
             "title": "Registration tokens — shown once",
             "tokens": tokens,
+            "skipped": skipped,
             "failed": failed,
             "csv_data_uri": "data:text/csv;base64," + base64.b64encode(csv_text.encode()).decode(),
         }
@@ -307,25 +343,27 @@ class DeviceAdmin(ImportViews, CsvExportMixin, BigListAdmin):
         return response or HttpResponseRedirect(reverse("admin:provisioning_device_change", args=[pk]))
 
     def _revoke(self, request: HttpRequest, devices: list[Device], *, action: str | None) -> HttpResponse | None:
-        def revoke(devices: list[Device], data: dict[str, Any]) -> None:
+        def revoke(eligible: list[Device], skipped: dict[str, str], data: dict[str, Any]) -> None:
             outcome = devices_revoke(
-                serials=[d.serial for d in devices], reason=data["reason"], actor=actor_of(request)
+                serials=[d.serial for d in eligible], reason=data["reason"], actor=actor_of(request)
             )
-            report(self, request, "revoked", outcome.succeeded, outcome.failed)
+            skipped = {**skipped, **outcome.skipped}
+            report(self, request, "revoked", outcome.succeeded, skipped=skipped, failed=outcome.failed)
 
         return confirmed_action(self, request, devices, REVOKE, action=action, run=revoke)
 
     def _reset(self, request: HttpRequest, devices: list[Device], *, action: str | None) -> HttpResponse | None:
-        def reset(devices: list[Device], data: dict[str, Any]) -> HttpResponse | None:
+        def reset(eligible: list[Device], skipped: dict[str, str], data: dict[str, Any]) -> HttpResponse | None:
             outcome = devices_reset(
-                serials=[d.serial for d in devices],
+                serials=[d.serial for d in eligible],
                 reason=data["reason"],
                 actor=actor_of(request),
                 ttl_days=data["ttl_days"],
             )
+            skipped = {**skipped, **outcome.skipped}
             if not outcome.tokens:
-                report(self, request, "reset", outcome.succeeded, outcome.failed)
+                report(self, request, "reset", outcome.succeeded, skipped=skipped, failed=outcome.failed)
                 return None
-            return self.tokens_response(request, outcome.tokens, failed=outcome.failed)
+            return self.tokens_response(request, outcome.tokens, skipped=skipped, failed=outcome.failed)
 
         return confirmed_action(self, request, devices, RESET, action=action, run=reset)

@@ -1,0 +1,202 @@
+"""Each role's daily jobs in the admin, short and safe: what a confirmation page says is what happens."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from html import unescape
+
+import pytest
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.urls import reverse
+from django.utils import timezone
+
+from provisioning import services
+from provisioning.models import Device, DeviceState
+
+from .conftest import vend
+
+pytestmark = pytest.mark.django_db
+
+
+def url(name: str, *args: object) -> str:
+    return reverse(f"admin:provisioning_{name}", args=args)
+
+
+def tokens_on_page(html: str) -> dict[str, str]:
+    return dict(re.findall(r"<tr><td>([^<]+)</td><td><code>([^<]+)</code>", html))
+
+
+def text_of(html: str, element_id: str) -> str:
+    match = re.search(rf'id="{element_id}"[^>]*>(.*?)</(?:p|div|ul|table|h2)>', html, re.S)
+    assert match, f"no #{element_id}"
+    return " ".join(unescape(re.sub(r"<[^>]+>", " ", match.group(1))).split())
+
+
+def confirm(client, target: str, page, **fields: str):
+    """Post a confirmation page's form back as a browser would."""
+    form = re.search(r'<form method="post">(.*?)</form>', page.content.decode(), re.S).group(1)
+    hidden: dict[str, list[str]] = {}
+    for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form):
+        hidden.setdefault(name, []).append(unescape(value))
+    return client.post(target, {**hidden, "confirm": "1", **fields}, follow=True)
+
+
+@pytest.fixture
+def active(api, aws_mock, make_device):
+    def make(serial: str) -> Device:
+        made = make_device(serial)
+        assert vend(api, serial, made.token).status_code == 201
+        return Device.objects.get(serial=serial)
+
+    return make
+
+
+# --- Bug 1: one blocked device no longer cancels the batch ----------------------------------------
+
+
+def test_a_mixed_selection_issues_the_eligible_tokens_and_lists_the_skipped_with_the_reason(
+    as_user, factory_user, make_device, active
+):
+    busy = active("SN-ACTIVE")
+    waiting = make_device("SN-WAITING").device
+    fresh = make_device("SN-FRESH", with_token=False).device
+    client = as_user(factory_user)
+    selection = {"action": "issue_tokens_action", ACTION_CHECKBOX_NAME: [busy.pk, waiting.pk, fresh.pk]}
+
+    page = client.post(url("device_changelist"), selection)
+    html = page.content.decode()
+    expiry = (timezone.now() + timedelta(days=30)).date().isoformat()
+    done = confirm(client, url("device_changelist"), page, ttl_days="30")
+
+    summary = text_of(html, "confirm-summary")
+    assert summary.startswith("3 device(s) · 2 get a token · 1 skipped · expire ")
+    assert html.index('id="confirm-summary"') < html.index('id="confirm-action"') < html.index('id="confirm-devices"')
+    rows = text_of(html, "confirm-devices")
+    assert "SN-ACTIVE sensor active" in rows
+    assert "skipped: device SN-ACTIVE is active; use reset to give it a new token" in rows
+    assert "SN-WAITING sensor token issued - gets a new token; its unused one stops working" in rows
+    assert 'class="errornote"' not in html, "a routine note is not an error"
+    tokens = tokens_on_page(done.content.decode())
+    assert set(tokens) == {"SN-WAITING", "SN-FRESH"}
+    assert "device SN-ACTIVE is active" in text_of(done.content.decode(), "skipped")
+    assert Device.objects.get(serial="SN-ACTIVE").state == DeviceState.ACTIVE
+    assert Device.objects.get(serial="SN-FRESH").token_expires_at.date().isoformat() == expiry
+
+
+def test_with_nothing_eligible_there_is_no_confirm_button_only_the_reason(as_user, security_user, active):
+    device = active("SN-ONLY-ACTIVE")
+    client = as_user(security_user)
+
+    page = client.post(
+        url("device_changelist"), {"action": "issue_tokens_action", ACTION_CHECKBOX_NAME: [device.pk]}
+    ).content.decode()
+    registered = client.get(url("device_revoke", device.pk))
+
+    assert "confirm-action" not in page
+    assert "<form method" not in page.split('id="content-main"')[1]
+    assert "Nothing to do" in text_of(page, "nothing-to-do")
+    assert "use reset to give it a new token" in page
+    assert "1 device(s) · 0 get a token · 1 skipped" in text_of(page, "confirm-summary")
+    assert "confirm-action" in registered.content.decode(), "an active device can be revoked"
+
+
+def test_a_device_that_changed_since_the_page_was_shown_is_skipped_with_its_reason(as_user, factory_user, make_device):
+    devices = [make_device(f"SN-RACE-{i}", with_token=False).device for i in range(2)]
+    client = as_user(factory_user)
+    page = client.post(
+        url("device_changelist"), {"action": "issue_tokens_action", ACTION_CHECKBOX_NAME: [d.pk for d in devices]}
+    )
+    assert "2 get a token" in text_of(page.content.decode(), "confirm-summary")
+    # Meanwhile a request claims the first one for an issuance.
+    Device.objects.filter(pk=devices[0].pk).update(state=DeviceState.ISSUING, claimed_at=timezone.now())
+
+    done = confirm(client, url("device_changelist"), page, ttl_days="30").content.decode()
+
+    assert set(tokens_on_page(done)) == {"SN-RACE-1"}
+    assert "SN-RACE-0: device SN-RACE-0 is being issued a certificate right now" in text_of(done, "skipped")
+
+
+def test_a_device_that_changes_between_reading_and_writing_is_skipped_and_the_rest_issued(make_device, monkeypatch):
+    for i in range(3):
+        make_device(f"SN-W{i}", with_token=False)
+    real = services.tokens.tokens_issue
+    calls = []
+
+    def a_vend_claims_sn_w1_first(**kwargs):
+        calls.append(kwargs["serials"])
+        if len(calls) == 1:
+            Device.objects.filter(serial="SN-W1").update(state=DeviceState.ISSUING, claimed_at=timezone.now())
+        return real(**kwargs)
+
+    monkeypatch.setattr(services.tokens, "tokens_issue", a_vend_claims_sn_w1_first)
+    outcome = services.tokens_issue_eligible(serials=["SN-W0", "SN-W1", "SN-W2"], actor="t", ttl_days=5)
+
+    assert calls == [["SN-W0", "SN-W1", "SN-W2"], ["SN-W0", "SN-W2"]], "the first run wrote nothing"
+    assert outcome.succeeded == ["SN-W0", "SN-W2"]
+    assert list(outcome.skipped) == ["SN-W1"]
+    assert Device.objects.get(serial="SN-W1").token_digest == ""
+
+
+def test_a_mixed_revoke_revokes_the_active_and_reports_the_skipped(as_user, security_user, make_device, active):
+    first, second = active("SN-R1"), active("SN-R2")
+    registered = make_device("SN-R3", with_token=False).device
+    client = as_user(security_user)
+    selection = {"action": "revoke_action", ACTION_CHECKBOX_NAME: [first.pk, second.pk, registered.pk]}
+    page = client.post(url("device_changelist"), selection)
+    # Between the page and the confirmation, someone revokes SN-R2 from the command line.
+    services.devices_revoke(serials=["SN-R2"], reason="stolen", actor="t")
+
+    done = confirm(client, url("device_changelist"), page, reason="recall")
+
+    html = page.content.decode()
+    assert "3 device(s) · 2 will be revoked · 1 skipped" in text_of(html, "confirm-summary")
+    assert 'class="cvm-danger-button"' in html, "revoke looks dangerous"
+    messages = [str(m) for m in done.context["messages"]]
+    assert "Revoked 1 device(s): SN-R1" in messages
+    assert "SN-R3: skipped: device SN-R3 is registered; only an active device can be revoked" in messages
+    assert "SN-R2: skipped: device SN-R2 is revoked; only an active device can be revoked" in messages
+    assert dict(Device.objects.values_list("serial", "state")) == {
+        "SN-R1": DeviceState.REVOKED,
+        "SN-R2": DeviceState.REVOKED,
+        "SN-R3": DeviceState.REGISTERED,
+    }
+    assert Device.objects.get(serial="SN-R2").certificates.get().revoked_reason == "stolen"
+
+
+def test_a_mixed_reset_gives_the_eligible_new_tokens_and_lists_the_skipped(as_user, security_user, make_device, active):
+    device = active("SN-RS1")
+    registered = make_device("SN-RS2", with_token=False).device
+    client = as_user(security_user)
+    page = client.post(
+        url("device_changelist"), {"action": "reset_action", ACTION_CHECKBOX_NAME: [device.pk, registered.pk]}
+    )
+
+    done = confirm(client, url("device_changelist"), page, reason="rma", ttl_days="7").content.decode()
+
+    assert "2 device(s) · 1 get a new token · 1 skipped" in text_of(page.content.decode(), "confirm-summary")
+    assert set(tokens_on_page(done)) == {"SN-RS1"}
+    assert "SN-RS2: device SN-RS2 is registered; reset applies to active or revoked devices" in text_of(done, "skipped")
+
+
+# --- Bug 2: every state change moves updated_at -----------------------------------------------------
+
+
+def test_token_issue_revoke_and_reset_move_updated_at(as_user, security_user, make_device, active):
+    device = active("SN-U1")
+    fresh = make_device("SN-U2", with_token=False).device
+    long_ago = timezone.now() - timedelta(days=30)
+    client = as_user(security_user)
+
+    def changed(pk: int, action: str, **fields: str) -> bool:
+        Device.objects.filter(pk=pk).update(updated_at=long_ago)
+        page = client.post(url("device_changelist"), {"action": action, ACTION_CHECKBOX_NAME: [pk]})
+        confirm(client, url("device_changelist"), page, **fields)
+        return Device.objects.get(pk=pk).updated_at > long_ago + timedelta(days=29)
+
+    assert changed(fresh.pk, "issue_tokens_action", ttl_days="30")
+    assert changed(device.pk, "revoke_action", reason="lost")
+    assert changed(device.pk, "reset_action", reason="found", ttl_days="30")
+    column = client.get(url("device_changelist")).context["cl"].list_display.index("updated_at")
+    newest_first = client.get(url("device_changelist") + f"?o=-{column}").context["cl"].result_list
+    assert [d.serial for d in newest_first][:1] == ["SN-U1"], "sorting by updated shows the device just changed"

@@ -14,6 +14,9 @@ from provisioning.apis import (
     metrics_view,
 )
 
+# A refused admin page keeps the admin's layout and a way back (provisioning/admin/forbidden.py).
+handler403 = "provisioning.admin.forbidden.permission_denied"
+
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/", admin.site.urls),

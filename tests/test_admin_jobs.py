@@ -28,9 +28,10 @@ def tokens_on_page(html: str) -> dict[str, str]:
 
 
 def text_of(html: str, element_id: str) -> str:
-    match = re.search(rf'id="{element_id}"[^>]*>(.*?)</(?:p|div|ul|table|h2)>', html, re.S)
+    """The text of the element with that id (up to its first closing tag of the same name)."""
+    match = re.search(rf'<(\w+)[^>]*\bid="{element_id}"[^>]*>(.*?)</\1>', html, re.S)
     assert match, f"no #{element_id}"
-    return " ".join(unescape(re.sub(r"<[^>]+>", " ", match.group(1))).split())
+    return " ".join(unescape(re.sub(r"<[^>]+>", " ", match.group(2))).split())
 
 
 def confirm(client, target: str, page, **fields: str):
@@ -200,3 +201,152 @@ def test_token_issue_revoke_and_reset_move_updated_at(as_user, security_user, ma
     column = client.get(url("device_changelist")).context["cl"].list_display.index("updated_at")
     newest_first = client.get(url("device_changelist") + f"?o=-{column}").context["cl"].result_list
     assert [d.serial for d in newest_first][:1] == ["SN-U1"], "sorting by updated shows the device just changed"
+
+
+# --- Bug 3: no link a role cannot follow; every refusal in the admin's own layout --------------------
+
+
+@pytest.fixture
+def fleet(active, make_device):
+    """Devices in every state a page shows differently, one with a rotation pending."""
+    from provisioning.models import Certificate, CertificateStatus
+
+    active("SN-F-ACTIVE")
+    revoked = active("SN-F-REVOKED")
+    services.devices_revoke(serials=[revoked.serial], reason="stolen", actor="t")
+    rotating = active("SN-F-ROTATING")
+    pending = Certificate.objects.create(
+        device=rotating,
+        certificate_id="f" * 64,
+        arn="arn:aws:iot:eu-west-1:123456789012:cert/" + "f" * 64,
+        fingerprint_sha256="0" * 64,
+        key_origin="csr",
+        status=CertificateStatus.PENDING,
+        thing_name=rotating.thing_name,
+        issued_at=timezone.now() - timedelta(hours=1),
+    )
+    Device.objects.filter(pk=rotating.pk).update(pending_certificate=pending)
+    make_device("SN-F-TOKEN")
+    make_device("SN-F-NEW", with_token=False)
+    return Device.objects.order_by("serial")
+
+
+def hrefs(html: str, base: str) -> set[str]:
+    from urllib.parse import urljoin, urlsplit
+
+    found = set()
+    for href in re.findall(r'href="([^"]+)"', html):
+        target = urljoin(base, unescape(href))
+        if urlsplit(target).path.startswith("/admin/"):
+            found.add(target)
+    return found
+
+
+STAFF = ["factory_user", "security_user", "auditor_user", "superuser"]
+
+
+@pytest.mark.parametrize("role", STAFF)
+def test_a_role_never_sees_a_link_it_cannot_follow(request, as_user, fleet, role):
+    client = as_user(request.getfixturevalue(role))
+    starts = [
+        reverse("admin:index"),
+        url("device_changelist"),
+        url("device_import"),
+        url("certificate_changelist"),
+        url("auditevent_changelist"),
+        url("dynamooutbox_changelist"),
+        url("product_changelist"),
+        *(url("device_change", device.pk) for device in fleet),
+    ]
+    links: set[str] = set()
+    for start in starts:
+        response = client.get(start)
+        if response.status_code == 403:
+            continue  # not one of the role's pages; that it is refused is tested below
+        assert response.status_code == 200, start
+        links |= hrefs(response.content.decode(), start)
+
+    refused = {link: client.get(link).status_code for link in sorted(links)}
+    refused = {link: status for link, status in refused.items() if status not in (200, 302)}
+    assert not refused
+    assert len(links) > 10
+
+
+@pytest.mark.parametrize(
+    ("role", "target"),
+    [
+        ("factory_user", "certificate_changelist"),
+        ("factory_user", "auditevent_changelist"),
+        ("factory_user", "device_export"),
+        ("auditor_user", "device_import"),
+        ("auditor_user", "device_add"),
+        ("outsider_user", "device_changelist"),
+    ],
+)
+def test_every_refusal_in_the_admin_has_its_layout_and_a_way_back(request, as_user, fleet, role, target):
+    client = as_user(request.getfixturevalue(role))
+    came_from = "http://testserver" + reverse("admin:index")
+
+    response = client.get(url(target), HTTP_REFERER=came_from)
+
+    html = response.content.decode()
+    assert response.status_code == 403
+    assert 'id="header"' in html
+    assert "CVM portal" in html
+    assert 'href="/admin/" class="button default" id="way-back"' in html
+    assert "not part of your role" in html
+
+
+def test_the_device_page_of_a_factory_user_links_nothing_it_cannot_open(as_user, factory_user, fleet):
+    device = fleet.get(serial="SN-F-ACTIVE")
+    html = as_user(factory_user).get(url("device_change", device.pk)).content.decode()
+
+    assert "/admin/provisioning/certificate/" not in html
+    assert "/admin/provisioning/auditevent/" not in html
+    assert "historylink" not in html
+    assert device.current_certificate.certificate_id in html, "the certificate id is shown, as text"
+
+
+def test_a_failed_csrf_check_in_the_admin_is_styled_too(factory_user):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(factory_user)
+
+    response = client.post(url("device_add"), {"serial": "SN-X"})
+
+    assert response.status_code == 403
+    assert "This form has expired" in response.content.decode()
+    assert 'id="way-back"' in response.content.decode()
+
+
+# --- 7. The device page for incident work ------------------------------------------------------------
+
+
+def test_the_device_page_shows_what_its_state_makes_meaningful(as_user, security_user, superuser, fleet, settings):
+    settings.CVM_ROTATION_GRACE_SECONDS = 7 * 86400
+    client = as_user(security_user)
+
+    def page(serial: str) -> str:
+        return client.get(url("device_change", fleet.get(serial=serial).pk)).content.decode()
+
+    active, rotating, revoked, waiting = (
+        page(s) for s in ("SN-F-ACTIVE", "SN-F-ROTATING", "SN-F-REVOKED", "SN-F-TOKEN")
+    )
+    assert 'id="device-token"' not in active, "no token expiry on an active device"
+    assert "expires" in text_of(waiting, "device-token")
+    assert 'id="device-certificate"' not in waiting
+    assert 'id="device-rotation"' not in active
+    pending = fleet.get(serial="SN-F-ROTATING").pending_certificate
+    confirm_by = (pending.issued_at + timedelta(days=7)).strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert f"confirm by: {confirm_by}" in text_of(rotating, "device-rotation")
+    assert "revoked by: t reason: stolen" in text_of(revoked, "device-certificate")
+    assert "stolen" in revoked.split('id="certificates-group"')[1], "the certificate table says why"
+    assert 'class="button cvm-danger-button" id="revoke-device"' in active
+    assert "revoke-device" not in revoked
+    assert "reset-device" in revoked
+    for html in (active, rotating, revoked, waiting):
+        assert "device-internals" not in html, "internals are out of sight for staff"
+        assert "version" not in html
+    internals = as_user(superuser).get(url("device_change", fleet.get(serial="SN-F-ACTIVE").pk)).content.decode()
+    assert "AWS clean-up pending" in internals

@@ -16,6 +16,7 @@ from django.apps import apps
 from django.contrib import admin
 from django.contrib.admin.exceptions import DisallowedModelAdminLookup, DisallowedModelAdminToField
 from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.utils import quote
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.admin.widgets import url_params_from_lookup_dict
 from django.core.exceptions import PermissionDenied
@@ -173,7 +174,17 @@ class ExactValueFilter(admin.FieldListFilter):
 
 
 class PortalModelAdmin(DeclaredLookupsOnly, admin.ModelAdmin):
-    pass
+    """The portal's own admins: a change page's History button leads where the role may follow it."""
+
+    def history_url(self, request: HttpRequest, obj: Any) -> str:
+        info = self.opts.app_label, self.opts.model_name
+        return reverse(f"admin:{info[0]}_{info[1]}_history", args=[quote(obj.pk)])
+
+    def render_change_form(
+        self, request: HttpRequest, context: dict[str, Any], add=False, change=False, form_url="", obj=None
+    ) -> HttpResponse:
+        context["history_url"] = self.history_url(request, obj) if obj is not None else ""
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
 
 class Echo:

@@ -18,9 +18,9 @@ from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
-from django.utils.http import urlencode
 
 from ..models import Certificate, Device, DeviceAction, DeviceState, Product
 from ..selectors import device_admin_queryset, device_for_action, devices_for_action
@@ -32,10 +32,12 @@ from ..services import (
     devices_revoke,
     tokens_issue_eligible,
 )
+from ..templatetags.cvm import moment
 from ..tokenfiles import tokens_csv
 from ..validators import SERIAL_RE, TOKEN_TTL_MAX_DAYS, TOKEN_TTL_MIN_DAYS
 from .base import BigListAdmin, CsvExportMixin, NoEditing, PortalModelAdmin, actor_of
 from .confirm import ConfirmedAction, confirmed_action, report
+from .device_page import device_certificates_url, device_events_url, device_sections
 from .imports import ImportViews
 
 # --- Products -----------------------------------------------------------------------------------
@@ -137,8 +139,11 @@ RESET = ConfirmedAction(
 
 
 class CertificateInline(NoEditing, admin.TabularInline):
+    """The device's certificates, newest first, with who revoked each and why. Only roles that may open
+    certificates see it (Django shows an inline to those with its model's view permission)."""
+
     model = Certificate
-    fields = ["certificate_link", "status", "key_origin", "fingerprint_sha256", "issued_at", "revoked_at"]
+    fields = ["certificate_link", "status", "key_origin", "issued", "revoked", "revoked_by", "revoked_reason"]
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -149,6 +154,14 @@ class CertificateInline(NoEditing, admin.TabularInline):
     def certificate_link(self, obj: Certificate) -> str:
         url = reverse("admin:provisioning_certificate_change", args=[obj.pk])
         return format_html('<a href="{}">{}</a>', url, obj.certificate_id[:16] + "…")
+
+    @admin.display(description="issued")
+    def issued(self, obj: Certificate) -> str:
+        return moment(obj.issued_at)
+
+    @admin.display(description="revoked")
+    def revoked(self, obj: Certificate) -> str:
+        return moment(obj.revoked_at)
 
 
 @admin.register(Device)
@@ -163,23 +176,6 @@ class DeviceAdmin(ImportViews, CsvExportMixin, BigListAdmin):
     ordering = ["serial"]
     actions = ["issue_tokens_action", "revoke_action", "reset_action"]
     inlines = [CertificateInline]
-    readonly_fields = [
-        "serial",
-        "product",
-        "state",
-        "thing_name",
-        "current_certificate",
-        "token_issued_at",
-        "token_expires_at",
-        "last_request_at",
-        "claimed_at",
-        "aws_cleanup_pending",
-        "version",
-        "created_at",
-        "updated_at",
-        "history_links",
-    ]
-    fields = readonly_fields
     export_fields = (
         "serial",
         "product__name",
@@ -200,13 +196,18 @@ class DeviceAdmin(ImportViews, CsvExportMixin, BigListAdmin):
     def current_certificate_id(self, obj: Device) -> str:
         return obj.current_certificate.certificate_id[:16] + "…" if obj.current_certificate else "-"
 
-    @admin.display(description="history")
-    def history_links(self, obj: Device) -> str:
-        certificates = (
-            reverse("admin:provisioning_certificate_changelist") + "?" + urlencode({"device__serial": obj.serial})
-        )
-        events = reverse("admin:provisioning_auditevent_changelist") + "?" + urlencode({"serial": obj.serial})
-        return format_html('<a href="{}">certificates</a> · <a href="{}">audit events</a>', certificates, events)
+    def history_url(self, request: HttpRequest, obj: Device) -> str:
+        return device_events_url(request.user, obj.serial)
+
+    def history_view(self, request: HttpRequest, object_id: str, extra_context: Any = None) -> HttpResponse:
+        # A device's history is its audit trail, not Django's (empty) change log.
+        device = self.get_object(request, object_id)
+        if device is None:
+            raise Http404("No such device.")
+        events = device_events_url(request.user, device.serial)
+        if not events:
+            raise PermissionDenied
+        return HttpResponseRedirect(events)
 
     # Permissions: adding goes through the service; nothing is edited or deleted in place.
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -231,10 +232,11 @@ class DeviceAdmin(ImportViews, CsvExportMixin, BigListAdmin):
         return super().get_form(request, obj, change, **kwargs)
 
     def get_fields(self, request: HttpRequest, obj: Any = None):
-        return ["serial", "product"] if obj is None else self.fields
+        # A device's own page draws its sections itself (device_page.py); nothing on it is a form field.
+        return ["serial", "product"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None):
-        return [] if obj is None else self.readonly_fields
+        return [] if obj is None else ["serial", "product"]
 
     def get_inlines(self, request: HttpRequest, obj: Any = None):
         return self.inlines if obj is not None else []
@@ -266,14 +268,17 @@ class DeviceAdmin(ImportViews, CsvExportMixin, BigListAdmin):
 
     def render_change_form(
         self, request: HttpRequest, context: dict[str, Any], add=False, change=False, form_url="", obj=None
-    ):
-        # Each control only where the role may use it and the lifecycle allows it in the device's state.
-        context["can_revoke"] = (
-            obj is not None and self.has_revoke_device_permission(request) and obj.allows(DeviceAction.REVOKE)
-        )
-        context["can_reset"] = (
-            obj is not None and self.has_reset_device_permission(request) and obj.allows(DeviceAction.RESET)
-        )
+    ) -> HttpResponse:
+        if obj is not None:
+            user = request.user
+            context.update(
+                sections=device_sections(obj, user=user, now=timezone.now()),
+                certificates_url=device_certificates_url(user, obj.serial),
+                events_url=device_events_url(user, obj.serial),
+                # Each control only where the role may use it and the lifecycle allows it in this state.
+                can_revoke=self.has_revoke_device_permission(request) and obj.allows(DeviceAction.REVOKE),
+                can_reset=self.has_reset_device_permission(request) and obj.allows(DeviceAction.RESET),
+            )
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     # --- Tokens -------------------------------------------------------------------------------

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
 from ..models import AuditEvent, Certificate, DynamoOutbox
 from .base import CsvExportMixin, ExactValueFilter, ReadOnlyAdmin
+from .device_page import device_events_url
 
 # --- Certificates -------------------------------------------------------------------------------
 
@@ -64,6 +69,19 @@ class CertificateAdmin(CsvExportMixin, ReadOnlyAdmin):
         "revoked_reason",
     )
 
+    def history_url(self, request: HttpRequest, obj: Certificate) -> str:
+        return device_events_url(request.user, obj.device.serial)
+
+    def history_view(self, request: HttpRequest, object_id: str, extra_context: Any = None) -> HttpResponse:
+        # A certificate's history is its device's audit trail, not Django's (empty) change log.
+        certificate = self.get_object(request, object_id)
+        if certificate is None:
+            raise Http404("No such certificate.")
+        events = device_events_url(request.user, certificate.device.serial)
+        if not events:
+            raise PermissionDenied
+        return HttpResponseRedirect(events)
+
     @admin.display(description="certificate id", ordering="certificate_id")
     def certificate_id_short(self, obj: Certificate) -> str:
         return obj.certificate_id[:16] + "…"
@@ -87,6 +105,10 @@ class AuditEventAdmin(CsvExportMixin, ReadOnlyAdmin):
     ]
     search_fields = ["=serial", "=actor", "=client_address"]
     ordering = ["-seq"]
+
+    def history_url(self, request: HttpRequest, obj: AuditEvent) -> str:
+        return ""  # an event is history itself
+
     fields = ["seq", "created_at", "kind", "actor", "serial", "client_address", "data", "prev_hash", "hash"]
     readonly_fields = fields
     export_fields = ("seq", "created_at", "kind", "actor", "serial", "client_address", "data", "prev_hash", "hash")
@@ -112,3 +134,6 @@ class DynamoOutboxAdmin(ReadOnlyAdmin):
     list_filter = [("done_at", admin.EmptyFieldListFilter), "last_error"]
     search_fields = ["=serial"]
     ordering = ["-id"]
+
+    def history_url(self, request: HttpRequest, obj: DynamoOutbox) -> str:
+        return ""

@@ -9,7 +9,7 @@ from typing import Any
 from django.db.models import Count, Min, Q, QuerySet
 from django.db.models.functions import TruncDate
 
-from .models import AuditEvent, AuditKind, Device, DeviceState, DynamoOutbox, ImportBatch
+from .models import AuditEvent, AuditKind, Device, DeviceState, DynamoOutbox, ImportBatch, ImportState, Product
 
 APPLY_STATE = {
     DeviceState.REGISTERED: 0,
@@ -122,7 +122,47 @@ def import_batch_get(*, batch_id: Any) -> ImportBatch | None:
 
 
 def import_batches_recent(*, limit: int = 10) -> list[ImportBatch]:
-    return list(ImportBatch.objects.defer("content", "preview")[:limit])
+    return list(ImportBatch.objects.defer("content", "preview", "known_preview")[:limit])
+
+
+def import_batches_imported(*, limit: int = 10) -> list[ImportBatch]:
+    """The latest imports that registered devices, newest first (the device list's "import" filter)."""
+    return list(
+        ImportBatch.objects.filter(state=ImportState.IMPORTED)
+        .defer("content", "preview", "known_preview")
+        .order_by("-uploaded_at")[:limit]
+    )
+
+
+@dataclass(frozen=True)
+class BatchDevices:
+    """Where the devices an import registered stand now."""
+
+    total: int
+    by_state: list[tuple[str, str, int]]  # (state, label, count), lifecycle order
+    registered: int  # without a token yet
+    first_registered_pk: int | None
+
+
+def import_batch_devices(*, batch_id: Any) -> BatchDevices:
+    devices = Device.objects.filter(import_batch_id=batch_id)
+    counts = dict(devices.order_by().values_list("state").annotate(n=Count("id")))
+    registered = counts.get(DeviceState.REGISTERED, 0)
+    first = (
+        devices.filter(state=DeviceState.REGISTERED).order_by("pk").values_list("pk", flat=True).first()
+        if registered
+        else None
+    )
+    return BatchDevices(
+        total=sum(counts.values()),
+        by_state=[(state.value, state.label, counts[state.value]) for state in DeviceState if counts.get(state.value)],
+        registered=registered,
+        first_registered_pk=first,
+    )
+
+
+def product_names(*, limit: int = 500) -> list[str]:
+    return list(Product.objects.order_by("name").values_list("name", flat=True)[:limit])
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ def text_of(html: str, element_id: str) -> str:
     """The text of the element with that id (up to its first closing tag of the same name)."""
     match = re.search(rf'<(\w+)[^>]*\bid="{element_id}"[^>]*>(.*?)</\1>', html, re.S)
     assert match, f"no #{element_id}"
-    return " ".join(unescape(re.sub(r"<[^>]+>", " ", match.group(2))).split())
+    blocks = re.sub(r"</?(?:td|th|tr|li|p|br|div|h2|label|summary)\b[^>]*>", " ", match.group(2))
+    return " ".join(unescape(re.sub(r"<[^>]+>", "", blocks)).split())
 
 
 def confirm(client, target: str, page, **fields: str):
@@ -198,7 +199,7 @@ def test_token_issue_revoke_and_reset_move_updated_at(as_user, security_user, ma
     assert changed(fresh.pk, "issue_tokens_action", ttl_days="30")
     assert changed(device.pk, "revoke_action", reason="lost")
     assert changed(device.pk, "reset_action", reason="found", ttl_days="30")
-    column = client.get(url("device_changelist")).context["cl"].list_display.index("updated_at")
+    column = client.get(url("device_changelist")).context["cl"].list_display.index("updated")
     newest_first = client.get(url("device_changelist") + f"?o=-{column}").context["cl"].result_list
     assert [d.serial for d in newest_first][:1] == ["SN-U1"], "sorting by updated shows the device just changed"
 
@@ -350,3 +351,116 @@ def test_the_device_page_shows_what_its_state_makes_meaningful(as_user, security
         assert "version" not in html
     internals = as_user(superuser).get(url("device_change", fleet.get(serial="SN-F-ACTIVE").pk)).content.decode()
     assert "AWS clean-up pending" in internals
+
+
+# --- 4. Import → the batch → tokens ---------------------------------------------------------------
+
+
+def form_fields(html: str, form_id: str) -> tuple[str, dict[str, str]]:
+    form = re.search(rf'<form method="post" action="([^"]*)"[^>]*id="{form_id}">(.*?)</form>', html, re.S)
+    assert form, f"no form #{form_id}"
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form.group(2)))
+    return unescape(form.group(1)), {k: unescape(v) for k, v in fields.items()}
+
+
+def test_an_import_lands_on_exactly_its_batch_with_tokens_one_click_away(as_user, factory_user, make_device):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from provisioning.imports import imports_run_pending
+
+    for i in range(30):  # registered today by someone else: not part of this batch
+        make_device(f"OLD-{i:03d}", with_token=False, product="thermostat")
+    for i in range(5):
+        make_device(f"NEW-{i:03d}", with_token=False, product="thermostat")  # already known
+    lines = [f"NEW-{i:03d},{'thermostatt' if i == 7 else 'thermostat' if i % 2 else ''}" for i in range(50)]
+    content = ("serial,product\n" + "\n".join(lines) + "\n").encode()
+    client = as_user(factory_user)
+
+    upload_form = client.get(url("device_import")).content.decode()
+    page = client.post(url("device_import"), {"file": SimpleUploadedFile("line-4.csv", content), "product": ""})
+    preview = client.get(page["Location"]).content.decode()
+    confirmed = client.post(page["Location"], {"confirm": "1"})
+    waiting = client.get(confirmed["Location"]).content.decode()
+    imports_run_pending()
+    landed = client.get(confirmed["Location"], follow=True)
+
+    assert '<option value="thermostat">' in upload_form, "existing products to choose from"
+    assert "45</strong> new serial(s) will be registered; 5 already known" in preview
+    new_products = text_of(preview, "import-new-products")
+    assert "This import creates 2 new product(s): default (22 rows), thermostatt (1 row)" in new_products
+    assert "22 row(s) name no product: they go to default (the product box was empty)" in text_of(
+        preview, "import-unnamed"
+    )
+    assert preview.index("import-summary") < preview.index("confirm-import") < preview.index('id="import-preview"')
+    assert "6 NEW-004 registered" in text_of(preview, "import-known")
+    assert '<meta http-equiv="refresh"' in waiting
+    cl = landed.context["cl"]
+    assert landed.redirect_chain[-1][0].startswith(url("device_changelist") + "?import_batch=")
+    assert cl.result_count == 45
+    assert {d.serial for d in cl.result_list} == {f"NEW-{i:03d}" for i in range(5, 50)}
+    assert "Imported 45 new serial(s) from line-4.csv" in [str(m) for m in landed.context["messages"]][-1]
+    assert [c for c in cl.list_display if c == "registered"], "a created-at column"
+    html = landed.content.decode()
+    assert "45 device(s) now · 45 registered" in text_of(html, "batch-states")
+
+    action, fields = form_fields(html, "batch-tokens")  # "Issue tokens for these 45"
+    confirmation = client.post(action, fields)
+    assert "45 device(s) · 45 get a token · 0 skipped" in text_of(confirmation.content.decode(), "confirm-summary")
+    done = confirm(client, action, confirmation, ttl_days="30").content.decode()
+
+    assert len(tokens_on_page(done)) == 45
+    assert Device.objects.filter(state=DeviceState.TOKEN_ISSUED).count() == 45
+    assert not Device.objects.filter(serial__startswith="OLD-", state=DeviceState.TOKEN_ISSUED).exists()
+
+
+def test_the_preview_can_send_rows_without_a_product_to_another_one(as_user, factory_user, make_device):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from provisioning.models import ImportBatch, ImportState
+
+    make_device("SN-M0", with_token=False, product="meter")
+    client = as_user(factory_user)
+    page = client.post(url("device_import"), {"file": SimpleUploadedFile("s.csv", b"serial\nSN-M1\nSN-M2\n")})
+
+    again = client.post(page["Location"], {"repreview": "1", "product": "meter"})
+    preview = client.get(again["Location"]).content.decode()
+
+    assert again["Location"] != page["Location"]
+    assert "2 row(s) name no product: they go to meter." in text_of(preview, "import-unnamed")
+    assert "import-new-products" not in preview
+    assert ImportBatch.objects.get(pk=page["Location"].rstrip("/").rsplit("/", 1)[1]).state == ImportState.EXPIRED
+    assert client.post(page["Location"], {"confirm": "1"}, follow=True).context["messages"], "the old one is gone"
+
+
+def test_the_device_list_refuses_an_import_filter_it_cannot_use(as_user, auditor_user, make_device):
+    make_device("SN-B1")
+    client = as_user(auditor_user)
+
+    assert client.get(url("device_changelist") + "?import_batch=nope").status_code == 400
+    assert client.get(url("device_changelist") + "?import_batch=" + "0" * 32).status_code == 200
+
+
+# --- 7. Rotation filters --------------------------------------------------------------------------------
+
+
+def test_rotation_filters_list_the_pending_and_the_due(as_user, security_user, fleet, settings):
+    from provisioning.models import Certificate
+
+    old = fleet.get(serial="SN-F-ACTIVE").current_certificate
+    Certificate.objects.filter(pk=old.pk).update(issued_at=timezone.now() - timedelta(days=40))
+    client = as_user(security_user)
+
+    def listed(query: str) -> set[str]:
+        response = client.get(url("device_changelist") + query)
+        assert response.status_code == 200, query
+        return {d.serial for d in response.context["cl"].result_list}
+
+    settings.CVM_ROTATE_AFTER_DAYS = 0
+    assert listed("?rotation=pending") == {"SN-F-ROTATING"}
+    assert "due (certificate older" not in client.get(url("device_changelist")).content.decode()
+    assert client.get(url("device_changelist") + "?rotation=due").status_code == 400
+    settings.CVM_ROTATE_AFTER_DAYS = 30
+    assert listed("?rotation=due") == {"SN-F-ACTIVE"}
+    page = client.get(url("device_change", fleet.get(serial="SN-F-ACTIVE").pk)).content.decode()
+    assert "rotation due:" in text_of(page, "device-certificate")
+    assert "due now" in text_of(page, "device-certificate")

@@ -8,6 +8,7 @@ machine and the audit chain would not survive it.
 from __future__ import annotations
 
 import base64
+import uuid
 from typing import Any
 
 from django import forms
@@ -23,7 +24,13 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 
 from ..models import Certificate, Device, DeviceAction, DeviceState, Product
-from ..selectors import device_admin_queryset, device_for_action, devices_for_action
+from ..selectors import (
+    device_admin_queryset,
+    device_for_action,
+    devices_for_action,
+    import_batch_devices,
+    import_batch_get,
+)
 from ..services import (
     IssuedToken,
     ServiceError,
@@ -32,13 +39,14 @@ from ..services import (
     devices_revoke,
     tokens_issue_eligible,
 )
-from ..templatetags.cvm import moment
+from ..templatetags.cvm import moment, moment_short
 from ..tokenfiles import tokens_csv
 from ..validators import SERIAL_RE, TOKEN_TTL_MAX_DAYS, TOKEN_TTL_MIN_DAYS
 from .base import BigListAdmin, CsvExportMixin, NoEditing, PortalModelAdmin, actor_of
 from .confirm import ConfirmedAction, confirmed_action, report
 from .device_page import device_certificates_url, device_events_url, device_sections
-from .imports import ImportViews
+from .filters import ImportBatchFilter, RotationFilter
+from .imports import ImportViews, batch_tokens_button
 
 # --- Products -----------------------------------------------------------------------------------
 
@@ -166,10 +174,16 @@ class CertificateInline(NoEditing, admin.TabularInline):
 
 @admin.register(Device)
 class DeviceAdmin(ImportViews, CsvExportMixin, BigListAdmin):
-    list_display = ["serial", "product", "state", "current_certificate_id", "token_expires_at", "updated_at"]
+    list_display = ["serial", "product", "state", "current_certificate_id", "token_expires", "registered", "updated"]
     # Date filters rather than date_hierarchy here and below: the hierarchy lists distinct years and
     # months with a query that reads every row (a second per 100,000); the filters' ranges use indexes.
-    list_filter = ["state", "product", ("created_at", admin.DateFieldListFilter)]
+    list_filter = [
+        "state",
+        "product",
+        ImportBatchFilter,
+        RotationFilter,
+        ("created_at", admin.DateFieldListFilter),
+    ]
     # Exact matches: a "contains" search over a join reads the whole table.
     search_fields = ["=serial", "=current_certificate__certificate_id", "=current_certificate__fingerprint_sha256"]
     list_select_related = ["product", "current_certificate"]
@@ -186,6 +200,19 @@ class DeviceAdmin(ImportViews, CsvExportMixin, BigListAdmin):
         "last_request_at",
         "created_at",
     )
+
+    @admin.display(description="token expires", ordering="token_expires_at")
+    def token_expires(self, obj: Device) -> str:
+        # Only while the token is waiting for its device; afterwards the date means nothing.
+        return moment_short(obj.token_expires_at) if obj.allows(DeviceAction.VEND) else "-"
+
+    @admin.display(description="registered", ordering="created_at")
+    def registered(self, obj: Device) -> str:
+        return moment_short(obj.created_at)
+
+    @admin.display(description="updated", ordering="updated_at")
+    def updated(self, obj: Device) -> str:
+        return moment_short(obj.updated_at)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Device]:
         queryset = device_admin_queryset()
@@ -263,8 +290,26 @@ class DeviceAdmin(ImportViews, CsvExportMixin, BigListAdmin):
         posted_action = request.POST.get("action") if request.method == "POST" else None
         if posted_action is not None and posted_action not in self.get_actions(request):
             raise PermissionDenied
-        extra_context = {**(extra_context or {}), "can_import": self.has_import_devices_permission(request)}
+        extra_context = {
+            **(extra_context or {}),
+            "can_import": self.has_import_devices_permission(request),
+            **self.batch_context(request),
+        }
         return super().changelist_view(request, extra_context)
+
+    def batch_context(self, request: HttpRequest) -> dict[str, Any]:
+        """The list filtered to one import: what it was, where its devices stand, and tokens one click away."""
+        try:
+            batch = import_batch_get(batch_id=uuid.UUID(request.GET.get("import_batch", "")))
+        except ValueError:
+            return {}  # no batch, or a value the filter refuses with its own 400
+        if batch is None:
+            return {}
+        return {
+            "batch": batch,
+            "batch_devices": import_batch_devices(batch_id=batch.pk),
+            "tokens_button": batch_tokens_button(request, batch.pk),
+        }
 
     def render_change_form(
         self, request: HttpRequest, context: dict[str, Any], add=False, change=False, form_url="", obj=None

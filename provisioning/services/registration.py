@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
+from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from ..audit import NewEvent, audit_append_many
@@ -22,6 +23,8 @@ class ImportRow:
     line: int
     serial: str
     product: str
+    # False when the row's product cell was empty and `product` is the default (the admin warns of it).
+    named: bool = True
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,8 @@ def serials_parse_csv(text: str, *, default_product: str | None = None) -> list[
                 errors.append(f"line {line}: expected {len(header)} column(s), found {len(values)}")
                 continue
             serial = values[0].strip()
-            product = (values[1].strip() if len(values) > 1 else "") or default_product or DEFAULT_PRODUCT
+            named = values[1].strip() if len(values) > 1 else ""
+            product = named or default_product or DEFAULT_PRODUCT
             if not SERIAL_RE.match(serial):
                 errors.append(f"line {line}: {serial[:70]!r} is not a valid serial")
             elif serial in seen:
@@ -69,7 +73,7 @@ def serials_parse_csv(text: str, *, default_product: str | None = None) -> list[
                 errors.append(f"line {line}: {product[:70]!r}: {PRODUCT_NAME_MESSAGE}")
             else:
                 seen[serial] = line
-                rows.append(ImportRow(line=line, serial=serial, product=product))
+                rows.append(ImportRow(line=line, serial=serial, product=product, named=bool(named)))
     except csv.Error as exc:
         errors.append(f"line {reader.line_num}: {exc}")
     if errors:
@@ -77,12 +81,16 @@ def serials_parse_csv(text: str, *, default_product: str | None = None) -> list[
     return rows
 
 
-def devices_import(*, rows: list[ImportRow], actor: str, note: dict[str, str] | None = None) -> ImportReport:
+def devices_import(
+    *, rows: list[ImportRow], actor: str, note: dict[str, str] | None = None, import_batch_id: Any = None
+) -> ImportReport:
     """Register every new serial in one transaction; serials already known are left as they are.
 
-    `note` is added to the import's audit event (the admin names its upload there).
+    `note` is added to the import's audit event (the admin names its upload there); `import_batch_id`
+    links the new devices to the admin upload they came from.
     """
     now = timezone.now()
+    batch = Device._meta.get_field("import_batch").get_db_prep_value(import_batch_id, connection)
     with transaction.atomic():
         product_names = sorted({row.product for row in rows})
         existing = set(Product.objects.filter(name__in=product_names).values_list("name", flat=True))
@@ -98,9 +106,9 @@ def devices_import(*, rows: list[ImportRow], actor: str, note: dict[str, str] | 
         insert_rows(
             Device,
             ["serial", "product_id", "state", "token_digest", "thing_name", "aws_cleanup_pending", "version",
-             "created_at", "updated_at"],
+             "created_at", "updated_at", "import_batch_id"],
             ((row.serial, product_ids[row.product], DeviceState.REGISTERED, "", thing_name_for(row.serial), False, 1,
-              stamp, stamp) for row in new_rows),
+              stamp, stamp, batch) for row in new_rows),
         )  # fmt: skip
         audit_append_many(
             [

@@ -464,3 +464,34 @@ def test_rotation_filters_list_the_pending_and_the_due(as_user, security_user, f
     page = client.get(url("device_change", fleet.get(serial="SN-F-ACTIVE").pk)).content.decode()
     assert "rotation due:" in text_of(page, "device-certificate")
     assert "due now" in text_of(page, "device-certificate")
+
+
+# --- 6. Search says what it matches and takes serial prefixes -----------------------------------------
+
+
+def test_search_says_what_it_matches_on_every_list(as_user, superuser, fleet):
+    client = as_user(superuser)
+    for name in ("device", "certificate", "auditevent", "dynamooutbox", "product"):
+        html = client.get(url(f"{name}_changelist")).content.decode()
+        assert 'id="searchbar_helptext"' in html, name
+
+
+def test_device_search_takes_serial_prefixes_several_serials_and_certificate_ids(as_user, auditor_user, fleet):
+    client = as_user(auditor_user)
+    active = fleet.get(serial="SN-F-ACTIVE")
+
+    def found(query: str) -> set[str]:
+        response = client.get(url("device_changelist"), {"q": query})
+        assert response.status_code == 200
+        return {d.serial for d in response.context["cl"].result_list}
+
+    assert found("SN-F-RE") == {"SN-F-REVOKED"}
+    assert found("SN-F-R*") == {"SN-F-REVOKED", "SN-F-ROTATING"}
+    assert found("SN-F-NEW SN-F-TOKEN") == {"SN-F-NEW", "SN-F-TOKEN"}
+    assert found(active.current_certificate.certificate_id) == {"SN-F-ACTIVE"}
+    assert found(active.current_certificate.fingerprint_sha256.upper()) == {"SN-F-ACTIVE"}
+    nothing = client.get(url("device_changelist"), {"q": "XYZ"}).content.decode()
+    assert "Nothing matches “XYZ”. Serials by their beginning" in text_of(nothing, "search-nothing")
+    certificate = active.current_certificate.certificate_id
+    shown = client.get(url("certificate_changelist"), {"q": certificate[:16]}).context["cl"].result_list
+    assert [c.device.serial for c in shown] == ["SN-F-ACTIVE"], "the list's shortened id finds the certificate"

@@ -27,9 +27,11 @@ from ..models import Certificate, Device, DeviceAction, DeviceState, Product
 from ..selectors import (
     device_admin_queryset,
     device_for_action,
+    device_search,
     devices_for_action,
     import_batch_devices,
     import_batch_get,
+    search_terms,
 )
 from ..services import (
     IssuedToken,
@@ -55,6 +57,7 @@ from .imports import ImportViews, batch_tokens_button
 class ProductAdmin(PortalModelAdmin):
     list_display = ["name", "description", "created_at"]
     search_fields = ["name"]
+    search_help_text = "Product names containing the words."
     fields = ["name", "description"]
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -184,8 +187,13 @@ class DeviceAdmin(ImportViews, CsvExportMixin, BigListAdmin):
         RotationFilter,
         ("created_at", admin.DateFieldListFilter),
     ]
-    # Exact matches: a "contains" search over a join reads the whole table.
-    search_fields = ["=serial", "=current_certificate__certificate_id", "=current_certificate__fingerprint_sha256"]
+    # What the box shows it searches; get_search_results does it on indexes (selectors.device_search):
+    # a "contains" search over a join would read the whole table.
+    search_fields = ["serial", "current_certificate__certificate_id", "current_certificate__fingerprint_sha256"]
+    search_help_text = (
+        "Serials by their beginning (SN-2026-04 finds every serial that starts so; several words find "
+        "each), or a certificate's whole id or SHA-256 fingerprint."
+    )
     list_select_related = ["product", "current_certificate"]
     ordering = ["serial"]
     actions = ["issue_tokens_action", "revoke_action", "reset_action"]
@@ -213,6 +221,9 @@ class DeviceAdmin(ImportViews, CsvExportMixin, BigListAdmin):
     @admin.display(description="updated", ordering="updated_at")
     def updated(self, obj: Device) -> str:
         return moment_short(obj.updated_at)
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
+        return device_search(queryset, search_terms(search_term)), False
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Device]:
         queryset = device_admin_queryset()

@@ -6,12 +6,14 @@ from typing import Any
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
 from ..models import AuditEvent, Certificate, DynamoOutbox
+from ..selectors import certificate_search, search_terms
 from .base import CsvExportMixin, ExactValueFilter, ReadOnlyAdmin
 from .device_page import device_events_url
 
@@ -37,7 +39,11 @@ class CertificateAdmin(CsvExportMixin, ReadOnlyAdmin):
         ("issued_at", admin.DateFieldListFilter),
         ("device__serial", ExactValueFilter),  # the device page's "certificates" link
     ]
-    search_fields = ["=certificate_id", "=fingerprint_sha256", "=device__serial", "=revoked_by"]
+    search_fields = ["certificate_id", "fingerprint_sha256", "device__serial", "revoked_by"]
+    search_help_text = (
+        "Certificate ids and serials by their beginning (the list's shortened ids work), or a whole SHA-256 "
+        "fingerprint, or who revoked (staff:NAME)."
+    )
     list_select_related = ["device"]
     fields = [
         "certificate_id",
@@ -68,6 +74,9 @@ class CertificateAdmin(CsvExportMixin, ReadOnlyAdmin):
         "revoked_by",
         "revoked_reason",
     )
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
+        return certificate_search(queryset, search_terms(search_term)), False
 
     def history_url(self, request: HttpRequest, obj: Certificate) -> str:
         return device_events_url(request.user, obj.device.serial)
@@ -104,6 +113,7 @@ class AuditEventAdmin(CsvExportMixin, ReadOnlyAdmin):
         ("serial", ExactValueFilter),  # the "audit events" links of devices and events
     ]
     search_fields = ["=serial", "=actor", "=client_address"]
+    search_help_text = "A whole serial, actor (staff:NAME, device, system) or client address."
     ordering = ["-seq"]
 
     def history_url(self, request: HttpRequest, obj: AuditEvent) -> str:
@@ -133,6 +143,7 @@ class DynamoOutboxAdmin(ReadOnlyAdmin):
     list_display = ["id", "serial", "version", "created_at", "attempts", "last_error", "next_attempt_at", "done_at"]
     list_filter = [("done_at", admin.EmptyFieldListFilter), "last_error"]
     search_fields = ["=serial"]
+    search_help_text = "A whole serial."
     ordering = ["-id"]
 
     def history_url(self, request: HttpRequest, obj: DynamoOutbox) -> str:

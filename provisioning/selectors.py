@@ -153,6 +153,18 @@ def _lower(terms: list[str]) -> list[str]:
     return [term.lower() for term in terms]
 
 
+def device_pks_by_serial(serials: set[str]) -> dict[str, int]:
+    """The devices a page of audit events names, for its links (one query per page)."""
+    return dict(Device.objects.filter(serial__in=list(serials)).values_list("serial", "pk")) if serials else {}
+
+
+def certificate_pks_by_id(certificate_ids: set[str]) -> dict[str, int]:
+    if not certificate_ids:
+        return {}
+    found = Certificate.objects.filter(certificate_id__in=list(certificate_ids))
+    return dict(found.values_list("certificate_id", "pk"))
+
+
 def devices_for_action(queryset: QuerySet[Device]) -> list[Device]:
     """A selection about to be confirmed, in the order its confirmation page lists it."""
     return list(queryset.select_related("product", "current_certificate").order_by("serial"))

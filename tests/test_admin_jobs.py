@@ -495,3 +495,50 @@ def test_device_search_takes_serial_prefixes_several_serials_and_certificate_ids
     certificate = active.current_certificate.certificate_id
     shown = client.get(url("certificate_changelist"), {"q": certificate[:16]}).context["cl"].result_list
     assert [c.device.serial for c in shown] == ["SN-F-ACTIVE"], "the list's shortened id finds the certificate"
+
+
+# --- 8. The audit log for auditors -------------------------------------------------------------------
+
+
+def test_the_audit_log_reads_as_auditors_need_it(as_user, auditor_user, fleet, api):
+    import csv
+    import io
+
+    from provisioning.models import AuditEvent, AuditKind
+
+    vend(api, "SN-F-TOKEN", "wrong-token-" + "x" * 20)
+    client = as_user(auditor_user)
+    today = timezone.localdate()
+    events = url("auditevent_changelist")
+
+    def listed(query: str) -> list[AuditEvent]:
+        response = client.get(events + query)
+        assert response.status_code == 200, query
+        return list(response.context["cl"].result_list)
+
+    assert len(listed(f"?created_at__from={today}&created_at__to={today}")) == AuditEvent.objects.count()
+    assert listed(f"?created_at__from={today + timedelta(days=1)}") == []
+    assert listed(f"?created_at__to={today - timedelta(days=1)}") == []
+    assert listed("?created_at__from=&created_at__to=") != [], "the form's empty fields mean no bound"
+    assert client.get(events + "?created_at__from=yesterday").status_code == 400
+
+    html = client.get(events + f"?kind__exact=vend_refused&created_at__from={today}").content.decode()
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", text_of(html, "result_list"))
+    assert "request refused" in text_of(html, "result_list")
+    chips = text_of(html, "active-filters")
+    assert "kind: request refused" in chips
+    assert f"created at: from {today}" in chips
+    device = fleet.get(serial="SN-F-TOKEN")
+    assert f'<a href="{url("device_change", device.pk)}">SN-F-TOKEN</a>' in html
+
+    issued = AuditEvent.objects.filter(kind=AuditKind.CERTIFICATE_ISSUED, serial="SN-F-ACTIVE").get()
+    certificate = fleet.get(serial="SN-F-ACTIVE").current_certificate
+    page = client.get(url("auditevent_change", issued.pk)).content.decode()
+    assert f'href="{url("certificate_change", certificate.pk)}"' in page
+    assert "certificate issued (certificate_issued)" in page
+    assert "historylink" not in page
+    listing = client.get(events + "?serial=SN-F-ACTIVE").content.decode()
+    assert f'href="{url("certificate_change", certificate.pk)}"' in listing
+    export = client.get(url("auditevent_export") + "?kind__exact=vend_refused")
+    rows = list(csv.DictReader(io.StringIO(b"".join(export.streaming_content).decode())))
+    assert [(row["kind"], row["kind_label"]) for row in rows] == [("vend_refused", "request refused")]

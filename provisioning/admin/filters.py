@@ -117,6 +117,13 @@ class DateRangeFilter(admin.FieldListFilter):
     def expected_parameters(self) -> list[str]:
         return [self.from_kwarg, self.to_kwarg]
 
+    @property
+    def active_display(self) -> str:
+        start, end = self.dates.get(self.from_kwarg), self.dates.get(self.to_kwarg)
+        if start and end:
+            return start.isoformat() if start == end else f"{start.isoformat()} to {end.isoformat()}"
+        return f"from {start.isoformat()}" if start else f"to {end.isoformat()}"
+
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         zone = timezone.get_current_timezone()
         if self.from_kwarg in self.dates:

@@ -28,3 +28,24 @@ def moment_short(value: datetime | None) -> str:
 @register.filter(name="moment")
 def moment_filter(value: Any) -> str:
     return moment(value) if isinstance(value, datetime) else "-" if value in (None, "") else str(value)
+
+
+@register.simple_tag
+def active_filters(changelist: Any) -> list[dict[str, str]]:
+    """What narrows the list now (each filter in use and the search), each with a link that removes it."""
+    active = []
+    for spec in changelist.filter_specs:
+        used = {key: value for key, value in spec.used_parameters.items() if value not in (None, "", [], [""])}
+        if not used:
+            continue
+        display = getattr(spec, "active_display", None)
+        if display is None:
+            shown = [str(choice["display"]) for choice in spec.choices(changelist) if choice.get("selected")]
+            display = ", ".join(shown) or ", ".join(str(value) for value in used.values())
+        remove = changelist.get_query_string(remove=[*spec.expected_parameters(), "p"])
+        active.append({"title": str(spec.title), "display": display, "remove": remove})
+    if changelist.query:
+        active.append(
+            {"title": "search", "display": changelist.query, "remove": changelist.get_query_string(remove=["q", "p"])}
+        )
+    return active

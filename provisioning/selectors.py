@@ -263,16 +263,18 @@ class DayCount:
 
 @dataclass(frozen=True)
 class Dashboard:
-    devices_by_state: list[tuple[str, int]]
+    devices_by_state: list[tuple[str, str, int]]  # (state, label, count), in lifecycle order
     days: list[DayCount]
     latest_failures: list[AuditEvent]
     outbox_pending: int
     outbox_failing: int
+    outbox_oldest: datetime | None  # when the oldest change still waiting for DynamoDB was made
+    rotations_pending: int
 
 
 def dashboard_data(*, now: datetime, days: int = 30) -> Dashboard:
     counts = dict(Device.objects.order_by().values_list("state").annotate(n=Count("id")))
-    by_state = [(state.label, counts.get(state.value, 0)) for state in DeviceState]
+    by_state = [(state.value, state.label, counts.get(state.value, 0)) for state in DeviceState]
     first_day = (now - timedelta(days=days - 1)).date()
     since = datetime.combine(first_day, datetime.min.time(), tzinfo=now.tzinfo)
     per_day: dict[tuple[date, str], int] = {
@@ -303,4 +305,6 @@ def dashboard_data(*, now: datetime, days: int = 30) -> Dashboard:
         latest_failures=failures,
         outbox_pending=pending.count(),
         outbox_failing=pending.filter(attempts__gt=0).count(),
+        outbox_oldest=pending.order_by("id").values_list("created_at", flat=True).first(),
+        rotations_pending=Device.objects.filter(pending_certificate__isnull=False).count(),
     )

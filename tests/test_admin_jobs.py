@@ -542,3 +542,29 @@ def test_the_audit_log_reads_as_auditors_need_it(as_user, auditor_user, fleet, a
     export = client.get(url("auditevent_export") + "?kind__exact=vend_refused")
     rows = list(csv.DictReader(io.StringIO(b"".join(export.streaming_content).decode())))
     assert [(row["kind"], row["kind_label"]) for row in rows] == [("vend_refused", "request refused")]
+
+
+# --- 9. The dashboard -----------------------------------------------------------------------------------
+
+
+def test_the_dashboard_leads_each_role_to_its_work(as_user, factory_user, auditor_user, security_user, fleet):
+    from provisioning.models import DynamoOutbox
+
+    DynamoOutbox.objects.filter(done_at__isnull=True).update(created_at=timezone.now() - timedelta(minutes=12))
+    factory = as_user(factory_user).get(reverse("admin:index")).content.decode()
+    auditor = as_user(auditor_user).get(reverse("admin:index")).content.decode()
+    security = as_user(security_user).get(reverse("admin:index")).content.decode()
+
+    assert f'href="{url("device_changelist")}?state__exact=active" id="tile-active"' in auditor
+    assert '<span class="n">5</span>devices in all' in auditor
+    assert "the oldest for 12 min" in text_of(auditor, "outbox")
+    assert "DynamoDB is 12 min behind" in text_of(auditor, "outbox-behind")
+    assert '<text class="axis"' in auditor
+    assert "per day</text>" in auditor
+    assert "Recent actions" not in factory + auditor + security
+    assert "Import serials from a CSV" in factory
+    assert "shortcuts-audit" not in factory
+    assert "shortcuts-factory" not in auditor
+    assert "Refused requests today" in text_of(auditor, "shortcuts-audit")
+    assert "Rotations in progress (1)" in text_of(security, "shortcuts-incidents")
+    assert "outbox-behind" not in factory, "the mirror's health is for those who read the history"

@@ -568,3 +568,31 @@ def test_the_dashboard_leads_each_role_to_its_work(as_user, factory_user, audito
     assert "Refused requests today" in text_of(auditor, "shortcuts-audit")
     assert "Rotations in progress (1)" in text_of(security, "shortcuts-incidents")
     assert "outbox-behind" not in factory, "the mirror's health is for those who read the history"
+
+
+# --- 10. The tokens page for bulk use -----------------------------------------------------------------
+
+
+def test_the_tokens_page_names_its_batch_and_offers_copy_all(as_user, factory_user, make_device):
+    import base64
+
+    devices = [make_device(f"SN-T{i}", with_token=False, product="thermostat").device for i in range(3)]
+    client = as_user(factory_user)
+    selection = {"action": "issue_tokens_action", ACTION_CHECKBOX_NAME: [d.pk for d in devices]}
+
+    first = confirm(client, url("device_changelist"), client.post(url("device_changelist"), selection), ttl_days="30")
+    second = confirm(client, url("device_changelist"), client.post(url("device_changelist"), selection), ttl_days="30")
+
+    html = first.content.decode()
+    expiry = Device.objects.get(serial="SN-T0").token_expires_at
+    summary = text_of(html, "tokens-summary")
+    assert summary.startswith(f"3 token(s) · expire {expiry:%Y-%m-%d %H:%M:%S} UTC · product thermostat")
+    names = [re.search(r'download="([^"]+)"', r.content.decode()).group(1) for r in (first, second)]
+    assert all(re.fullmatch(r"tokens-thermostat-\d{8}-\d{6}-3-[0-9a-f]{4}\.csv", name) for name in names)
+    assert names[0] != names[1], "each batch downloads under its own name"
+    assert '<script src="/static/provisioning/tokens.js" defer></script>' in html
+    assert 'id="copy-tokens" data-count="3" hidden' in html, "without script the button stays hidden"
+    textarea = unescape(re.search(r'<textarea id="tokens-csv"[^>]*>(.*?)</textarea>', html, re.S).group(1))
+    download = base64.b64decode(re.search(r'href="data:text/csv;base64,([^"]+)"', html).group(1)).decode()
+    assert textarea == download
+    assert textarea.startswith("serial,token,expires_at\nSN-T0,")

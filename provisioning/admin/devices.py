@@ -42,7 +42,7 @@ from ..services import (
     tokens_issue_eligible,
 )
 from ..templatetags.cvm import moment, moment_short
-from ..tokenfiles import tokens_csv
+from ..tokenfiles import tokens_csv, tokens_file_name
 from ..validators import SERIAL_RE, TOKEN_TTL_MAX_DAYS, TOKEN_TTL_MIN_DAYS
 from .base import BigListAdmin, CsvExportMixin, NoEditing, PortalModelAdmin, actor_of
 from .confirm import ConfirmedAction, confirmed_action, report
@@ -353,24 +353,38 @@ class DeviceAdmin(ImportViews, CsvExportMixin, BigListAdmin):
             if not outcome.tokens:
                 report(self, request, "issued", [], skipped=skipped, failed={})
                 return None
-            return self.tokens_response(request, outcome.tokens, skipped=skipped, failed={})
+            return self.tokens_response(request, outcome.tokens, devices=eligible, skipped=skipped, failed={})
 
         devices = devices_for_action(queryset)
         return confirmed_action(self, request, devices, ISSUE_TOKENS, action="issue_tokens_action", run=issue)
 
     def tokens_response(
-        self, request: HttpRequest, tokens: list[IssuedToken], *, skipped: dict[str, str], failed: dict[str, str]
+        self,
+        request: HttpRequest,
+        tokens: list[IssuedToken],
+        *,
+        devices: list[Device],
+        skipped: dict[str, str],
+        failed: dict[str, str],
     ) -> TemplateResponse:
         """The one and only time these tokens are shown. Nothing of them is kept on the server."""
         csv_text = tokens_csv(tokens)
+        issued = {t.serial for t in tokens}
+        products = sorted({d.product.name for d in devices if d.serial in issued})
+        expiries = sorted({t.expires_at for t in tokens})
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "title": "Registration tokens — shown once",
             "tokens": tokens,
+            "products": products,
+            "expires_first": expiries[0],
+            "expires_last": expiries[-1],
             "skipped": skipped,
             "failed": failed,
+            "csv_text": csv_text,
             "csv_data_uri": "data:text/csv;base64," + base64.b64encode(csv_text.encode()).decode(),
+            "file_name": tokens_file_name(count=len(tokens), products=products, issued_at=timezone.now()),
         }
         response = TemplateResponse(request, "admin/provisioning/device/tokens.html", context)
         add_never_cache_headers(response)
@@ -425,6 +439,8 @@ class DeviceAdmin(ImportViews, CsvExportMixin, BigListAdmin):
             if not outcome.tokens:
                 report(self, request, "reset", outcome.succeeded, skipped=skipped, failed=outcome.failed)
                 return None
-            return self.tokens_response(request, outcome.tokens, skipped=skipped, failed=outcome.failed)
+            return self.tokens_response(
+                request, outcome.tokens, devices=eligible, skipped=skipped, failed=outcome.failed
+            )
 
         return confirmed_action(self, request, devices, RESET, action=action, run=reset)

@@ -75,17 +75,17 @@ def certificate_ids(event: AuditEvent) -> list[str]:
 
 
 def event_details(event: AuditEvent, links: PageLinks, *, short: bool = True) -> SafeString:
-    """An event's data as key=value pairs, certificate ids linked; long values cut in the list (not on its page)."""
-    items = sorted(event.data.items())
-    long = sum(len(key) + len(str(value)) + 2 for key, value in items) > 160
-
-    def shown(key: str, value: Any) -> Any:
+    """An event's data as key=value pairs, certificate ids linked; in the list, long values (fingerprints,
+    messages) are cut to their start with the whole value on hover; the event's page shows them whole."""
+    items = []
+    for key, value in sorted(event.data.items()):
         if key.endswith("certificate_id") and isinstance(value, str):
-            return links.certificate(value)
-        text = str(value)
-        return text[:40] + "…" if short and long and len(text) > 40 else text
-
-    return format_html_join(", ", "{}={}", ((key, shown(key, value)) for key, value in items))
+            items.append((key, links.certificate(value)))
+        elif short and len(text := str(value)) > 24:
+            items.append((key, format_html('<span title="{}">{}…</span>', text, text[:16])))
+        else:
+            items.append((key, value))
+    return format_html_join(", ", "{}={}", items)
 
 
 def column(description: str, ordering: str | None = None) -> Callable[[Callable], Callable]:

@@ -5,14 +5,17 @@ Roles are groups created by a migration: `factory` adds and imports serials and 
 certificate or audit event directly, superusers included; every change goes through a service.
 
 - `base` — what every list shares: declared lookups only, large-table paging, read-only, CSV export;
-- `confirm` — the confirmation page in front of issuing tokens, revoking and resetting;
-- `devices` — products and devices, their actions; `imports` — CSV uploads and their progress;
-- `history` — certificates, the audit log and the DynamoDB outbox, read-only.
+- `confirm` — the confirmation page in front of issuing tokens, revoking and resetting; `actions` —
+  those three actions;
+- `devices` — products, the device list and a device's page (`device_page`); `imports` — CSV uploads,
+  their progress and their batch of devices; `filters` — import batch, rotation, date range;
+- `history` — certificates, the audit log and the DynamoDB outbox, read-only;
+- `dashboard` — the home page; `forbidden` — refusals in the admin's own layout.
 """
 
 from . import devices, history
+from .actions import TtlForm
 from .base import DeclaredLookupsOnly, declared_lookups_everywhere
-from .devices import TtlForm
 from .imports import ImportForm
 
 __all__ = ["DeclaredLookupsOnly", "ImportForm", "TtlForm", "declared_lookups_everywhere", "devices", "history"]

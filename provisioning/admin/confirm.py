@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from ..models import Device
 from ..services import device_refusal
+from ..validators import TOKEN_TTL_MAX_DAYS, TOKEN_TTL_MIN_DAYS
 
 NONCES_KEY = "cvm_confirmations"
 # The first rows are shown; "show all" opens the rest up to CONFIRM_LIST_ROWS. A selection of a million
@@ -159,7 +160,7 @@ def _expiry(form: forms.Form) -> Any:
         days = int(value)
     except (TypeError, ValueError):
         return None
-    if not 0 < days <= 3650:
+    if not TOKEN_TTL_MIN_DAYS <= days <= TOKEN_TTL_MAX_DAYS:
         return None
     return (timezone.now() + timedelta(days=days)).date()
 

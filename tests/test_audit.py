@@ -292,6 +292,14 @@ def _migrate(target: str):
     return executor.loader.project_state([("provisioning", target)]).apps
 
 
+def _migrate_to_latest() -> None:
+    """Back to the newest migration, so the tests after these find the schema the models describe."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes("provisioning"))
+
+
 def _plain_log(apps, count: int) -> str:
     """A log as the portal wrote it before the chain was keyed: plain SHA-256."""
     from django.utils import timezone
@@ -322,7 +330,7 @@ def test_the_keying_migration_rechains_an_intact_plain_log(transactional_db):
         assert audit_verify() == []
         assert AuditEvent.objects.get(seq=3).hash != plain_head, "re-chained under the key"
     finally:
-        _migrate("0008_audit_keyed_chain")
+        _migrate_to_latest()
 
 
 def test_the_keying_migration_refuses_to_launder_an_altered_log(transactional_db):
@@ -334,3 +342,4 @@ def test_the_keying_migration_refuses_to_launder_an_altered_log(transactional_db
     finally:
         sql("DELETE FROM provisioning_auditevent")
         _migrate("0008_audit_keyed_chain")
+        _migrate_to_latest()

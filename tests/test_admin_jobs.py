@@ -581,10 +581,10 @@ def test_the_tokens_page_names_its_batch_and_offers_copy_all(as_user, factory_us
     selection = {"action": "issue_tokens_action", ACTION_CHECKBOX_NAME: [d.pk for d in devices]}
 
     first = confirm(client, url("device_changelist"), client.post(url("device_changelist"), selection), ttl_days="30")
+    expiry = Device.objects.get(serial="SN-T0").token_expires_at
     second = confirm(client, url("device_changelist"), client.post(url("device_changelist"), selection), ttl_days="30")
 
     html = first.content.decode()
-    expiry = Device.objects.get(serial="SN-T0").token_expires_at
     summary = text_of(html, "tokens-summary")
     assert summary.startswith(f"3 token(s) · expire {expiry:%Y-%m-%d %H:%M:%S} UTC · product thermostat")
     names = [re.search(r'download="([^"]+)"', r.content.decode()).group(1) for r in (first, second)]

@@ -192,6 +192,7 @@ CONTENT_SECURITY_POLICY = {
     }
 }
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+CSRF_FAILURE_VIEW = "provisioning.admin.forbidden.csrf_failure"
 
 # --- Staff login: lockout with a cool-off (so nobody can lock staff out for good), optional TOTP.
 AXES_FAILURE_LIMIT = env.int("CVM_ADMIN_FAILURE_LIMIT", default=5)

@@ -23,6 +23,9 @@ from provisioning.staff_apis import (
     TokensApi,
 )
 
+# A refused admin page keeps the admin's layout and a way back (provisioning/admin/forbidden.py).
+handler403 = "provisioning.admin.forbidden.permission_denied"
+
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/", admin.site.urls),

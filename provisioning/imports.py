@@ -20,15 +20,17 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import DatabaseError, IntegrityError, OperationalError, close_old_connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from .bulk import chunks
-from .models import Device, ImportBatch, ImportState
+from .models import Device, DeviceState, ImportBatch, ImportState, Product
 from .services import ImportInvalid, ImportRow, ServiceError, devices_import, serials_parse_csv
 
 logger = logging.getLogger(__name__)
@@ -56,16 +58,32 @@ class ImportPreview:
     new_rows: list[ImportRow]
     new_count: int
     known_count: int
+    # [name, new rows, whether the import would create the product], most rows first
+    products: list[list[Any]]
+    unnamed_count: int
+    known_rows: list[list[Any]]  # [line, serial, its state now] of the first known serials
 
 
 def import_preview(*, text: str, default_product: str | None) -> ImportPreview:
     """What importing `text` would do; raises ImportInvalid listing every bad line."""
     rows = serials_parse_csv(text, default_product=default_product)
-    known: set[str] = set()
+    known: dict[str, str] = {}
     for chunk in chunks([row.serial for row in rows]):
-        known.update(Device.objects.filter(serial__in=chunk).values_list("serial", flat=True))
+        known.update(Device.objects.filter(serial__in=chunk).values_list("serial", "state"))
     new_rows = [row for row in rows if row.serial not in known]
-    return ImportPreview(rows=rows, new_rows=new_rows[:PREVIEW_ROWS], new_count=len(new_rows), known_count=len(known))
+    per_product = Counter(row.product for row in new_rows)
+    existing = set(Product.objects.filter(name__in=list(per_product)).values_list("name", flat=True))
+    return ImportPreview(
+        rows=rows,
+        new_rows=new_rows[:PREVIEW_ROWS],
+        new_count=len(new_rows),
+        known_count=len(known),
+        products=[[name, count, name not in existing] for name, count in per_product.most_common()],
+        unnamed_count=sum(1 for row in new_rows if not row.named),
+        known_rows=[
+            [row.line, row.serial, DeviceState(known[row.serial]).label] for row in rows if row.serial in known
+        ][:PREVIEW_ROWS],
+    )
 
 
 def import_batch_create(*, file_name: str, content: bytes, default_product: str | None, actor: str) -> ImportBatch:
@@ -87,7 +105,30 @@ def import_batch_create(*, file_name: str, content: bytes, default_product: str 
         new_count=preview.new_count,
         known_count=preview.known_count,
         preview=[[row.line, row.serial, row.product] for row in preview.new_rows],
+        products=preview.products,
+        unnamed_count=preview.unnamed_count,
+        known_preview=preview.known_rows,
     )
+
+
+def import_batch_repreview(*, batch_id: uuid.UUID, default_product: str | None, actor: str) -> ImportBatch | None:
+    """The same upload previewed again with another product for rows that name none; None when the batch
+    is no longer waiting for confirmation. The old preview is dropped, so only the new one can be confirmed.
+    """
+    with transaction.atomic():
+        batch = ImportBatch.objects.filter(
+            pk=batch_id, state=ImportState.PREVIEWED, uploaded_at__gt=timezone.now() - CONFIRM_WITHIN
+        ).first()
+        if batch is None:
+            return None
+        dropped = ImportBatch.objects.filter(pk=batch_id, state=ImportState.PREVIEWED).update(
+            state=ImportState.EXPIRED, content=b"", error="previewed again with another product"
+        )
+        if not dropped:
+            return None
+        return import_batch_create(
+            file_name=batch.file_name, content=bytes(batch.content), default_product=default_product, actor=actor
+        )
 
 
 def import_batch_confirm(*, batch_id: uuid.UUID, actor: str) -> bool:
@@ -155,6 +196,7 @@ def _import_claimed(batch_id: uuid.UUID, claim_id: uuid.UUID) -> None:
             rows=rows,
             actor=batch.confirmed_by,
             note={"batch": str(batch_id), "file": batch.file_name, "uploaded_by": batch.uploaded_by},
+            import_batch_id=batch_id,
         )
         ImportBatch.objects.filter(pk=batch_id).update(
             state=ImportState.IMPORTED,

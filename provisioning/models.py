@@ -139,6 +139,11 @@ class Device(models.Model):
         "Certificate", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     last_request_at = models.DateTimeField(null=True, blank=True)
+    # The admin import that registered it, so staff get back to "the batch I just imported"; none for a
+    # serial added by hand, by `import_serials` or by the API.
+    import_batch = models.ForeignKey(
+        "ImportBatch", null=True, blank=True, on_delete=models.SET_NULL, related_name="devices"
+    )
     # Increases with every change; the DynamoDB mirror never lets an older version replace a newer one.
     version = models.PositiveBigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -404,6 +409,12 @@ class ImportBatch(models.Model):
     new_count = models.PositiveIntegerField()
     known_count = models.PositiveIntegerField()
     preview = models.JSONField(default=list, blank=True)
+    # The preview's warnings: each product the new rows name ([name, rows, whether the import creates
+    # it]), how many new rows named none (they get `default_product`, or "default"), and the first
+    # serials that are already known ([line, serial, state]).
+    products = models.JSONField(default=list, blank=True)
+    unnamed_count = models.PositiveIntegerField(default=0)
+    known_preview = models.JSONField(default=list, blank=True)
     state = models.CharField(max_length=16, choices=ImportState.choices, default=ImportState.PREVIEWED)
     confirmed_by = models.CharField(max_length=150, blank=True)
     confirmed_at = models.DateTimeField(null=True, blank=True)

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from django.db.models import Count, Min, Prefetch, Q, QuerySet
 from django.db.models.functions import TruncDate
 
-from .models import AuditEvent, AuditKind, Certificate, Device, DeviceState, DynamoOutbox
+from .models import (
+    AuditEvent,
+    AuditKind,
+    Certificate,
+    Device,
+    DeviceState,
+    DynamoOutbox,
+    ImportBatch,
+    ImportState,
+    Product,
+)
 
 
 def device_get(*, serial: str) -> Device | None:
@@ -63,6 +74,120 @@ def audit_events_list(
     return events
 
 
+# --- Staff portal ---------------------------------------------------------------------------------
+
+
+def device_admin_queryset() -> QuerySet[Device]:
+    """Devices with what the staff pages show beside each: its product and certificates."""
+    return Device.objects.select_related("product", "current_certificate", "pending_certificate")
+
+
+SEARCH_TERMS_MAX = 100
+
+
+def search_terms(text: str) -> list[str]:
+    """The words of a list's search box; a trailing * (a habit from other tools) means what a word means anyway."""
+    return [word.rstrip("*") for word in text.split()[:SEARCH_TERMS_MAX] if word.rstrip("*")]
+
+
+def device_search(queryset: QuerySet[Device], terms: list[str]) -> QuerySet[Device]:
+    """Devices whose serial starts with any of the words, or whose certificate has one as its id or
+    SHA-256 fingerprint. Each condition runs on an index of the device table (the certificate's through
+    a subquery), so a search never reads the whole fleet."""
+    if not terms:
+        return queryset
+    condition = Q()
+    for term in terms:
+        condition |= Q(serial__startswith=term)
+    certificates = Certificate.objects.filter(Q(certificate_id__in=terms) | Q(fingerprint_sha256__in=_lower(terms)))
+    return queryset.filter(condition | Q(current_certificate_id__in=certificates.values("pk")))
+
+
+def certificate_search(queryset: QuerySet[Certificate], terms: list[str]) -> QuerySet[Certificate]:
+    """Certificates whose id or device serial starts with a word, or whose fingerprint or revoker is one."""
+    if not terms:
+        return queryset
+    condition = Q(fingerprint_sha256__in=_lower(terms)) | Q(revoked_by__in=terms)
+    for term in terms:
+        condition |= Q(certificate_id__startswith=term.lower())
+        condition |= Q(device_id__in=Device.objects.filter(serial__startswith=term).values("pk"))
+    return queryset.filter(condition)
+
+
+def _lower(terms: list[str]) -> list[str]:
+    return [term.lower() for term in terms]
+
+
+def device_pks_by_serial(serials: set[str]) -> dict[str, int]:
+    """The devices a page of audit events names, for its links (one query per page)."""
+    return dict(Device.objects.filter(serial__in=list(serials)).values_list("serial", "pk")) if serials else {}
+
+
+def certificate_pks_by_id(certificate_ids: set[str]) -> dict[str, int]:
+    if not certificate_ids:
+        return {}
+    found = Certificate.objects.filter(certificate_id__in=list(certificate_ids))
+    return dict(found.values_list("certificate_id", "pk"))
+
+
+def devices_for_action(queryset: QuerySet[Device]) -> list[Device]:
+    """A selection about to be confirmed, in the order its confirmation page lists it."""
+    return list(queryset.select_related("product", "current_certificate").order_by("serial"))
+
+
+def device_for_action(*, pk: int) -> Device | None:
+    return Device.objects.select_related("product", "current_certificate").filter(pk=pk).first()
+
+
+def import_batch_get(*, batch_id: Any) -> ImportBatch | None:
+    """An upload without its file (which can be tens of megabytes)."""
+    return ImportBatch.objects.defer("content").filter(pk=batch_id).first()
+
+
+def import_batches_recent(*, limit: int = 10) -> list[ImportBatch]:
+    return list(ImportBatch.objects.defer("content", "preview", "known_preview")[:limit])
+
+
+def import_batches_imported(*, limit: int = 10) -> list[ImportBatch]:
+    """The latest imports that registered devices, newest first (the device list's "import" filter)."""
+    return list(
+        ImportBatch.objects.filter(state=ImportState.IMPORTED)
+        .defer("content", "preview", "known_preview")
+        .order_by("-uploaded_at")[:limit]
+    )
+
+
+@dataclass(frozen=True)
+class BatchDevices:
+    """Where the devices an import registered stand now."""
+
+    total: int
+    by_state: list[tuple[str, str, int]]  # (state, label, count), lifecycle order
+    registered: int  # without a token yet
+    first_registered_pk: int | None
+
+
+def import_batch_devices(*, batch_id: Any) -> BatchDevices:
+    devices = Device.objects.filter(import_batch_id=batch_id)
+    counts = dict(devices.order_by().values_list("state").annotate(n=Count("id")))
+    registered = counts.get(DeviceState.REGISTERED, 0)
+    first = (
+        devices.filter(state=DeviceState.REGISTERED).order_by("pk").values_list("pk", flat=True).first()
+        if registered
+        else None
+    )
+    return BatchDevices(
+        total=sum(counts.values()),
+        by_state=[(state.value, state.label, counts[state.value]) for state in DeviceState if counts.get(state.value)],
+        registered=registered,
+        first_registered_pk=first,
+    )
+
+
+def product_names(*, limit: int = 500) -> list[str]:
+    return list(Product.objects.order_by("name").values_list("name", flat=True)[:limit])
+
+
 @dataclass(frozen=True)
 class RefusalWindow:
     count: int
@@ -103,16 +228,18 @@ class DayCount:
 
 @dataclass(frozen=True)
 class Dashboard:
-    devices_by_state: list[tuple[str, int]]
+    devices_by_state: list[tuple[str, str, int]]  # (state, label, count), in lifecycle order
     days: list[DayCount]
     latest_failures: list[AuditEvent]
     outbox_pending: int
     outbox_failing: int
+    outbox_oldest: datetime | None  # when the oldest change still waiting for DynamoDB was made
+    rotations_pending: int
 
 
 def dashboard_data(*, now: datetime, days: int = 30) -> Dashboard:
     counts = dict(Device.objects.order_by().values_list("state").annotate(n=Count("id")))
-    by_state = [(state.label, counts.get(state.value, 0)) for state in DeviceState]
+    by_state = [(state.value, state.label, counts.get(state.value, 0)) for state in DeviceState]
     first_day = (now - timedelta(days=days - 1)).date()
     since = datetime.combine(first_day, datetime.min.time(), tzinfo=now.tzinfo)
     per_day: dict[tuple[date, str], int] = {
@@ -143,4 +270,6 @@ def dashboard_data(*, now: datetime, days: int = 30) -> Dashboard:
         latest_failures=failures,
         outbox_pending=pending.count(),
         outbox_failing=pending.filter(attempts__gt=0).count(),
+        outbox_oldest=pending.order_by("id").values_list("created_at", flat=True).first(),
+        rotations_pending=Device.objects.filter(pending_certificate__isnull=False).count(),
     )

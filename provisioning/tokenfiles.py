@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
+import secrets
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 
 from .services import IssuedToken
@@ -20,6 +23,14 @@ def tokens_csv(tokens: Iterable[IssuedToken]) -> str:
     for issued in tokens:
         writer.writerow([issued.serial, issued.token, issued.expires_at.isoformat().replace("+00:00", "Z")])
     return buffer.getvalue()
+
+
+def tokens_file_name(*, count: int, products: list[str], issued_at: datetime) -> str:
+    """A name that says what the file holds and that no other run shares, so a download never lands on
+    (or is mistaken for) an earlier one: tokens-thermostat-20261129-151047-490-3f9a.csv."""
+    product = products[0] if len(products) == 1 else "mixed" if products else "devices"
+    product = re.sub(r"[^A-Za-z0-9_.-]+", "_", product)[:40]
+    return f"tokens-{product}-{issued_at:%Y%m%d-%H%M%S}-{count}-{secrets.token_hex(2)}.csv"
 
 
 def token_file_open(path: Path) -> int:

@@ -298,14 +298,6 @@ def _migrate(target: str | None):
     return executor.loader.project_state(targets).apps
 
 
-def _migrate_to_latest() -> None:
-    """Back to the schema every other test expects: migrating back to 0007 took the later migrations away too."""
-    from django.db.migrations.executor import MigrationExecutor
-
-    executor = MigrationExecutor(connection)
-    executor.migrate(executor.loader.graph.leaf_nodes("provisioning"))
-
-
 def _plain_log(apps, count: int) -> str:
     """A log as the portal wrote it before the chain was keyed: plain SHA-256."""
     from django.utils import timezone

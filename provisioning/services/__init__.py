@@ -9,6 +9,8 @@ from .common import (
     DEFAULT_PRODUCT,
     DEVICE_ACTOR,
     SYSTEM_ACTOR,
+    BatchOutcome,
+    DeviceNotEligible,
     IssuedToken,
     ServiceError,
     aws_failure_advice,
@@ -21,7 +23,7 @@ from .common import (
 from .legacy import LegacyImportReport, legacy_table_import
 from .registration import ImportInvalid, ImportReport, ImportRow, device_register, devices_import, serials_parse_csv
 from .revocation import (
-    BatchOutcome,
+    device_refusal,
     device_reset,
     device_revoke,
     devices_check,
@@ -30,7 +32,14 @@ from .revocation import (
     reset_check,
     revoke_check,
 )
-from .tokens import registered_serials, token_refusal_advice, token_ttl, tokens_issue
+from .tokens import (
+    registered_serials,
+    token_check,
+    token_refusal_advice,
+    token_ttl,
+    tokens_issue,
+    tokens_issue_eligible,
+)
 from .vending import (
     BUSY_RETRY_AFTER,
     FAILURE_WINDOW,
@@ -51,6 +60,7 @@ __all__ = [
     "FAILURE_WINDOW",
     "SYSTEM_ACTOR",
     "BatchOutcome",
+    "DeviceNotEligible",
     "ImportInvalid",
     "ImportReport",
     "ImportRow",
@@ -65,6 +75,7 @@ __all__ = [
     "claim_is_stale",
     "claim_recover",
     "claim_retry_after",
+    "device_refusal",
     "device_register",
     "device_reset",
     "device_revoke",
@@ -82,8 +93,10 @@ __all__ = [
     "serials_parse_csv",
     "staff_login_record",
     "thing_name_for",
+    "token_check",
     "token_refusal_advice",
     "token_ttl",
     "tokens_issue",
+    "tokens_issue_eligible",
     "unknown_thing_certificates",
 ]

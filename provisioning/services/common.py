@@ -33,11 +33,26 @@ class ServiceError(Exception):
     """A request a person made that cannot be carried out; the message is safe to show them."""
 
 
+class DeviceNotEligible(ServiceError):
+    """The device's state does not allow the action (now); the message says why and what works instead."""
+
+
 @dataclass(frozen=True)
 class IssuedToken:
     serial: str
     token: str = field(repr=False)
     expires_at: datetime
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What an action over many devices did to each: done, skipped (its state does not allow it, perhaps
+    since a moment ago) and failed (AWS, or anything else), each with the reason."""
+
+    succeeded: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    tokens: list[IssuedToken] = field(default_factory=list)
 
 
 def thing_name_for(serial: str) -> str:

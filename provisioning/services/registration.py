@@ -7,7 +7,7 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from ..audit import NewEvent
@@ -34,6 +34,8 @@ class ImportRow:
     product: str
     # The device's own thing attributes (validators.attributes_check), for a device that is new.
     attributes: dict[str, str] = field(default_factory=dict)
+    # False when the row's product cell was empty and `product` is the default (the admin warns of it).
+    named: bool = True
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,10 @@ def serials_parse_csv(text: str, *, default_product: str | None = None) -> list[
                 errors.append(f"line {line}: expected {width} column(s), found {len(values)}")
                 continue
             serial = values[0].strip()
-            cell = values[product_column].strip() if product_column is not None and product_column < len(values) else ""
-            product = cell or default_product or DEFAULT_PRODUCT
+            named = (
+                values[product_column].strip() if product_column is not None and product_column < len(values) else ""
+            )
+            product = named or default_product or DEFAULT_PRODUCT
             attributes = {
                 name: values[index].strip()
                 for index, name in attribute_columns.items()
@@ -122,7 +126,9 @@ def serials_parse_csv(text: str, *, default_product: str | None = None) -> list[
                     errors.append(f"line {line}: {bad}")
                     continue
                 seen[serial] = line
-                rows.append(ImportRow(line=line, serial=serial, product=product, attributes=attributes))
+                rows.append(
+                    ImportRow(line=line, serial=serial, product=product, attributes=attributes, named=bool(named))
+                )
     except csv.Error as exc:
         errors.append(f"line {reader.line_num}: {exc}")
     if errors:
@@ -151,12 +157,16 @@ def _check_attribute_counts(rows: list[ImportRow], typed_products: set[str]) -> 
         raise ImportInvalid(errors)
 
 
-def devices_import(*, rows: list[ImportRow], actor: str, note: dict[str, str] | None = None) -> ImportReport:
+def devices_import(
+    *, rows: list[ImportRow], actor: str, note: dict[str, str] | None = None, import_batch_id: Any = None
+) -> ImportReport:
     """Register every new serial in one transaction; serials already known are left as they are.
 
-    `note` is added to the import's audit event (the admin names its upload there).
+    `note` is added to the import's audit event (the admin names its upload there); `import_batch_id`
+    links the new devices to the admin upload they came from.
     """
     now = timezone.now()
+    batch = Device._meta.get_field("import_batch").get_db_prep_value(import_batch_id, connection)
     with transaction.atomic():
         product_names = sorted({row.product for row in rows})
         typed = set(
@@ -176,9 +186,9 @@ def devices_import(*, rows: list[ImportRow], actor: str, note: dict[str, str] | 
         insert_rows(
             Device,
             ["serial", "product_id", "state", "token_digest", "thing_name", "attributes", "aws_cleanup_pending",
-             "version", "created_at", "updated_at"],
+             "version", "created_at", "updated_at", "import_batch_id"],
             ((row.serial, product_ids[row.product], DeviceState.REGISTERED, "", thing_name_for(row.serial),
-              db_json(row.attributes), False, 1, stamp, stamp) for row in new_rows),
+              db_json(row.attributes), False, 1, stamp, stamp, batch) for row in new_rows),
         )  # fmt: skip
         events_record(
             [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
@@ -15,8 +14,8 @@ from ..crypto import token_digest, token_generate
 from ..models import AuditKind, Certificate, CertificateStatus, Device, DeviceAction, DeviceState
 from ..selectors import device_get
 from ..validators import SERIAL_RE
-from .common import IssuedToken, ServiceError, aws_failure_advice, device_transition
-from .tokens import token_ttl
+from .common import BatchOutcome, DeviceNotEligible, IssuedToken, ServiceError, aws_failure_advice, device_transition
+from .tokens import token_check, token_ttl
 
 
 def device_revoke(*, serial: str, reason: str, actor: str) -> Device:
@@ -57,7 +56,9 @@ def device_revoke(*, serial: str, reason: str, actor: str) -> Device:
             },
         )
         if revoked is None:  # raising rolls the certificate row back with the transaction
-            raise ServiceError(f"device {serial} changed while it was being revoked; look at it again before retrying")
+            raise DeviceNotEligible(
+                f"device {serial} changed while it was being revoked; look at it again before retrying"
+            )
         return revoked
 
 
@@ -87,7 +88,7 @@ def device_reset(*, serial: str, actor: str, reason: str = "reset", ttl_days: in
         data={"reason": reason[:255], "expires_at": expires_at},
     )
     if reset is None:
-        raise ServiceError(f"device {serial} changed while it was being reset; look at it again before retrying")
+        raise DeviceNotEligible(f"device {serial} changed while it was being reset; look at it again before retrying")
     return IssuedToken(serial=serial, token=token, expires_at=expires_at)
 
 
@@ -114,12 +115,28 @@ def revoke_refusal_advice(serial: str, state: str) -> str:
 
 def reset_check(device: Device) -> None:
     if not device.allows(DeviceAction.RESET):
-        raise ServiceError(reset_refusal_advice(device.serial, device.state))
+        raise DeviceNotEligible(reset_refusal_advice(device.serial, device.state))
 
 
 def revoke_check(device: Device) -> None:
     if not device.allows(DeviceAction.REVOKE) or device.current_certificate_id is None:
-        raise ServiceError(revoke_refusal_advice(device.serial, device.state))
+        raise DeviceNotEligible(revoke_refusal_advice(device.serial, device.state))
+
+
+ACTION_CHECKS: dict[str, Callable[[Device], None]] = {
+    DeviceAction.ISSUE_TOKEN: token_check,
+    DeviceAction.REVOKE: revoke_check,
+    DeviceAction.RESET: reset_check,
+}
+
+
+def device_refusal(*, action: str, device: Device) -> str | None:
+    """Why the device's state does not allow a staff action now (the lifecycle's answer, in words), or None."""
+    try:
+        ACTION_CHECKS[action](device)
+    except DeviceNotEligible as exc:
+        return str(exc)
+    return None
 
 
 def devices_check(*, serials: list[str], check: Callable[[Device], None]) -> list[str]:
@@ -141,22 +158,16 @@ def devices_check(*, serials: list[str], check: Callable[[Device], None]) -> lis
     return serials
 
 
-@dataclass(frozen=True)
-class BatchOutcome:
-    """What a bulk action did to each device: the ones that worked, and why the others did not."""
-
-    succeeded: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    tokens: list[IssuedToken] = field(default_factory=list)
-
-
 def devices_revoke(*, serials: list[str], reason: str, actor: str) -> BatchOutcome:
-    """Revoke each device on its own: one failing (AWS down, wrong state) leaves the others done."""
+    """Revoke each device on its own: one failing (AWS down) or skipped (its state does not allow it)
+    leaves the others done."""
     outcome = BatchOutcome()
     for serial in serials:
         try:
             device_revoke(serial=serial, reason=reason, actor=actor)
             outcome.succeeded.append(serial)
+        except DeviceNotEligible as exc:
+            outcome.skipped[serial] = str(exc)
         except ServiceError as exc:
             outcome.failed[serial] = str(exc)
         except aws.AwsError as exc:
@@ -171,6 +182,8 @@ def devices_reset(*, serials: list[str], reason: str, actor: str, ttl_days: int 
         try:
             outcome.tokens.append(device_reset(serial=serial, actor=actor, reason=reason, ttl_days=ttl_days))
             outcome.succeeded.append(serial)
+        except DeviceNotEligible as exc:
+            outcome.skipped[serial] = str(exc)
         except ServiceError as exc:
             outcome.failed[serial] = str(exc)
         except aws.AwsError as exc:

@@ -10,9 +10,9 @@ from django.utils import timezone
 
 from ..bulk import chunks, db_datetime
 from ..crypto import token_digest, token_generate
-from ..models import LIFECYCLE, AuditKind, Device, DeviceAction, DeviceState
+from ..models import LIFECYCLE, AuditKind, Device, DeviceAction, DeviceState, action_allowed
 from ..validators import InputInvalid, token_ttl_check
-from .common import IssuedToken, ServiceError, devices_transition_many
+from .common import BatchOutcome, DeviceNotEligible, IssuedToken, ServiceError, devices_transition_many
 
 
 def token_ttl(ttl_days: int | None) -> int:
@@ -67,8 +67,50 @@ def _raise_why_tokens_failed(serials: list[str]) -> None:
             raise ServiceError(f"unknown serial {serial}")
     if len(set(serials)) != len(serials):
         raise ServiceError("a serial is listed twice")
-    blocked = next(serial for serial in serials if states[serial] not in LIFECYCLE[DeviceAction.ISSUE_TOKEN].sources)
-    raise ServiceError(token_refusal_advice(blocked, states[blocked]))
+    sources = LIFECYCLE[DeviceAction.ISSUE_TOKEN].sources
+    blocked = next((serial for serial in serials if states[serial] not in sources), None)
+    if blocked is None:  # it changed back meanwhile
+        raise DeviceNotEligible("a device changed while the tokens were being issued; nothing was issued")
+    raise DeviceNotEligible(token_refusal_advice(blocked, states[blocked]))
+
+
+# How often a run of eligible devices is read again when one of them changed between reading and writing.
+ELIGIBLE_ATTEMPTS = 3
+
+
+def tokens_issue_eligible(*, serials: list[str], actor: str, ttl_days: int | None = None) -> BatchOutcome:
+    """Give a token to each device whose state allows one; skip the others, each with the reason.
+
+    What the admin's confirmation page promised: a device that changed state since (a vend claimed it,
+    a colleague reset it) is skipped with the reason, and the others are done. The run over the
+    eligible devices is still all or none; if one changed between reading and writing, it is read again.
+    """
+    ttl = token_ttl(ttl_days)
+    serials = list(dict.fromkeys(serials))
+    for _ in range(ELIGIBLE_ATTEMPTS):
+        states: dict[str, str] = {}
+        for chunk in chunks(serials):
+            states.update(Device.objects.filter(serial__in=chunk).values_list("serial", "state"))
+        skipped = {}
+        for serial in serials:
+            if serial not in states:
+                skipped[serial] = f"unknown serial {serial}"
+            elif not action_allowed(DeviceAction.ISSUE_TOKEN, states[serial]):
+                skipped[serial] = token_refusal_advice(serial, states[serial])
+        eligible = [serial for serial in serials if serial not in skipped]
+        if not eligible:
+            return BatchOutcome(skipped=skipped)
+        try:
+            tokens = tokens_issue(serials=eligible, actor=actor, ttl_days=ttl)
+        except DeviceNotEligible:
+            continue  # one changed between the read and the write; nothing was written
+        return BatchOutcome(succeeded=eligible, skipped=skipped, tokens=tokens)
+    raise ServiceError("the devices kept changing while the tokens were being issued; nothing was issued, try again")
+
+
+def token_check(device: Device) -> None:
+    if not device.allows(DeviceAction.ISSUE_TOKEN):
+        raise DeviceNotEligible(token_refusal_advice(device.serial, device.state))
 
 
 def token_refusal_advice(serial: str, state: str) -> str:

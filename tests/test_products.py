@@ -185,3 +185,42 @@ def test_bootstrap_aws_creates_what_products_name(aws_mock, db, capsys):
     assert "product late: created policy late-policy" in out
     assert aws_mock.iot.describe_thing_type(thingTypeName="late-type")["thingTypeName"] == "late-type"
     assert aws_mock.iot.describe_thing_group(thingGroupName="late-group")["thingGroupName"] == "late-group"
+
+
+def test_a_product_is_shaped_on_its_admin_page_and_the_change_audited(client, aws_mock, superuser):
+    client.force_login(superuser)
+    add = "/admin/provisioning/product/add/"
+    response = client.post(
+        add,
+        {
+            "name": "sensor-x",
+            "description": "outdoor sensor",
+            "iot_policy": "cvm-device-policy-sensor-x",
+            "thing_type": "sensor-x-type",
+            "thing_groups_text": "eu, beta",
+            "rotate_after_days": "90",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+
+    product = Product.objects.get(name="sensor-x")
+    assert (product.thing_type, product.thing_groups, product.rotate_after_days) == (
+        "sensor-x-type",
+        ["eu", "beta"],
+        90,
+    )
+    assert aws_mock.iot.describe_thing_type(thingTypeName="sensor-x-type")["thingTypeName"] == "sensor-x-type"
+    assert AuditEvent.objects.get(kind=AuditKind.PRODUCT_CONFIGURED).actor == "staff:root"
+
+    bad = client.post(
+        f"/admin/provisioning/product/{product.pk}/change/",
+        {
+            "description": "",
+            "iot_policy": "",
+            "thing_type": "has space",
+            "thing_groups_text": "",
+            "rotate_after_days": "",
+        },
+    )
+    assert bad.status_code == 200, "the form shows the error"
+    assert Product.objects.get(name="sensor-x").thing_type == "sensor-x-type"

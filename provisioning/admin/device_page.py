@@ -140,6 +140,7 @@ def _device(device: Device, user: Any) -> Section:
         Fact("serial", device.serial),
         Fact("product", device.product.name, url=product_url),
         Fact("state", device.get_state_display()),
+        *(Fact(f"attribute {name}", value) for name, value in sorted(device.attributes.items())),
     ]
     if device.current_certificate_id or device.state == DeviceState.ISSUING:
         facts.append(Fact("thing", device.thing_name))

@@ -20,9 +20,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from ..aws import AwsError
 from ..models import Certificate, Device, DeviceAction, Product
 from ..selectors import device_admin_queryset, device_search, import_batch_devices, import_batch_get, search_terms
-from ..services import device_register
+from ..services import ServiceError, device_register
+from ..services.products import product_configure
 from ..templatetags.cvm import moment, moment_short
 from ..validators import SERIAL_RE
 from .actions import DeviceActions
@@ -34,19 +36,101 @@ from .imports import ImportViews, batch_tokens_button
 # --- Products -----------------------------------------------------------------------------------
 
 
+class ProductForm(forms.ModelForm):
+    """What a product asks of AWS IoT (SPEC §5.1); saved through `product_configure`, which creates what it
+    names in AWS IoT first and audits the change."""
+
+    thing_groups_text = forms.CharField(
+        label="Thing groups",
+        required=False,
+        help_text="static thing groups its things join, separated by spaces or commas",
+    )
+
+    class Meta:
+        model = Product
+        fields = ["name", "description", "iot_policy", "thing_type", "rotate_after_days"]
+        help_texts = {
+            "iot_policy": "empty: the default policy (CVM_IOT_POLICY_NAME)",
+            "thing_type": "empty: no thing type (then a device may have 1 attribute of its own, else 48)",
+            "rotate_after_days": "devices are 'rotation due' after this many days; answers carry rotate_after",
+        }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["thing_groups_text"].initial = " ".join(self.instance.thing_groups)
+
+    def clean_thing_groups_text(self) -> list[str]:
+        return [group for group in self.cleaned_data["thing_groups_text"].replace(",", " ").split() if group]
+
+    def clean_rotate_after_days(self) -> int | None:
+        days = self.cleaned_data["rotate_after_days"]
+        if days is not None and not 1 <= days <= 3650:
+            raise forms.ValidationError("1 to 3650 days, or empty for none")
+        return days
+
+
 @admin.register(Product)
 class ProductAdmin(PortalModelAdmin):
-    list_display = ["name", "description", "created_at"]
+    form = ProductForm
+    list_display = ["name", "description", "policy", "thing_type", "groups", "rotate_after_days", "updated_at"]
     search_fields = ["name"]
     search_help_text = "Product names containing the words."
-    fields = ["name", "description"]
+    fields = ["name", "description", "iot_policy", "thing_type", "thing_groups_text", "rotate_after_days"]
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    @admin.display(description="IoT policy")
+    def policy(self, obj: Product) -> str:
+        return obj.policy_name
+
+    @admin.display(description="thing groups")
+    def groups(self, obj: Product) -> str:
+        return ", ".join(obj.thing_groups) or "-"
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None):
         # The name is copied into every thing's attributes and the DynamoDB table; it does not change.
-        return False
+        return ["name"] if obj is not None else []
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def save_model(self, request: HttpRequest, obj: Product, form: Any, change: bool) -> None:
+        data = form.cleaned_data
+        try:
+            report = product_configure(
+                name=obj.name,
+                actor=actor_of(request),
+                description=data["description"],
+                iot_policy=data["iot_policy"],
+                thing_type=data["thing_type"],
+                thing_groups=data["thing_groups_text"],
+                rotate_after_days=data["rotate_after_days"],
+            )
+        except (ServiceError, AwsError) as exc:
+            # Nothing changed: AWS IoT refused or could not be reached, or the devices cannot take it.
+            raise ProductNotSaved(str(exc)) from None
+        obj.pk = report.product.pk
+        obj.refresh_from_db()
+        if report.created_in_aws:
+            self.message_user(request, "Created in AWS IoT: " + ", ".join(report.created_in_aws))
+
+    def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        # Not inside Django's transaction around the form: saving calls AWS IoT (product_configure creates
+        # what the product names there first), and no AWS call runs inside a database transaction.
+        try:
+            return self._changeform_view(request, *args, **kwargs)
+        except ProductNotSaved as exc:
+            self.message_user(request, f"The product was not saved: {exc}", level="error")
+            return HttpResponseRedirect(request.get_full_path())
+
+    def log_addition(self, request: HttpRequest, obj: Any, message: Any):
+        return None  # the audit log records it
+
+    def log_change(self, request: HttpRequest, obj: Any, message: Any):
+        return None
+
+
+class ProductNotSaved(Exception):
+    pass
 
 
 # --- Devices ------------------------------------------------------------------------------------

@@ -177,7 +177,7 @@ def _staff(username: str, group: str | None = None, **extra: Any):
     if not Group.objects.filter(name="factory").exists():
         # A transactional test flushed the groups the migration made; make them again the same way.
         importlib.import_module("provisioning.migrations.0004_roles").create_roles(apps, None)
-        importlib.import_module("provisioning.migrations.0011_staff_api_webhooks").grant(apps, None)
+        importlib.import_module("provisioning.migrations.0012_staff_api_webhooks").grant(apps, None)
     user = User.objects.create_user(username=username, password="a-long-test-password-1", is_staff=True, **extra)
     if group:
         user.groups.add(Group.objects.get(name=group))

@@ -26,7 +26,7 @@ from ..selectors import device_admin_queryset, device_search, import_batch_devic
 from ..services import ServiceError, device_register
 from ..services.products import product_configure
 from ..templatetags.cvm import moment, moment_short
-from ..validators import SERIAL_RE
+from ..validators import SERIAL_MESSAGE, SERIAL_RE
 from .actions import DeviceActions
 from .base import BigListAdmin, CsvExportMixin, NoEditing, PortalModelAdmin, actor_of
 from .device_page import device_certificates_url, device_events_url, device_sections
@@ -144,7 +144,7 @@ class DeviceAddForm(forms.ModelForm):
     def clean_serial(self) -> str:
         serial = self.cleaned_data["serial"].strip()
         if not SERIAL_RE.match(serial):
-            raise forms.ValidationError("1-64 characters: letters, digits, ':', '_' or '-', not starting with ':_-'")
+            raise forms.ValidationError(SERIAL_MESSAGE)
         return serial
 
 

@@ -15,11 +15,11 @@ from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ChangeList
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from ..models import DeviceAction, allowed_states
+from ..models import DeviceAction, Product, allowed_states
 from ..selectors import import_batch_get, import_batches_imported
 
 
@@ -60,8 +60,9 @@ class ImportBatchFilter(admin.SimpleListFilter):
 class RotationFilter(admin.SimpleListFilter):
     """Devices in the middle of a rotation, and those whose certificate is due for one.
 
-    "Due" exists only when CVM_ROTATE_AFTER_DAYS is set: a certificate issued more than that many days
-    ago. Both conditions run on indexes (the pending certificate's and the certificate's issue time).
+    "Due" exists when a product sets `rotate_after_days` or CVM_ROTATE_AFTER_DAYS is set: a certificate
+    issued more than that many days ago (the product's own age first, the setting for the others). Both
+    conditions run on indexes (the pending certificate's and the certificate's issue time).
     """
 
     title = "rotation"
@@ -69,8 +70,8 @@ class RotationFilter(admin.SimpleListFilter):
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         choices = [("pending", "in progress (awaiting confirmation)")]
-        if settings.CVM_ROTATE_AFTER_DAYS:
-            choices.append(("due", f"due (certificate older than {settings.CVM_ROTATE_AFTER_DAYS} days)"))
+        if settings.CVM_ROTATE_AFTER_DAYS or Product.objects.exclude(rotate_after_days=None).exists():
+            choices.append(("due", "due (certificate older than its product's rotation age)"))
         return choices
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
@@ -81,10 +82,15 @@ class RotationFilter(admin.SimpleListFilter):
             raise IncorrectLookupParameters(f"rotation={value[:40]!r}: this list offers no such choice")
         if value == "pending":
             return queryset.filter(pending_certificate__isnull=False)
-        issued_before = timezone.now() - timedelta(days=settings.CVM_ROTATE_AFTER_DAYS)
-        return queryset.filter(
-            state__in=allowed_states(DeviceAction.ROTATE), current_certificate__issued_at__lt=issued_before
-        )
+        now = timezone.now()
+        ages = dict(Product.objects.exclude(rotate_after_days=None).values_list("pk", "rotate_after_days"))
+        due = Q(pk__in=[])
+        for product_id, days in ages.items():
+            due |= Q(product_id=product_id, current_certificate__issued_at__lt=now - timedelta(days=days))
+        if settings.CVM_ROTATE_AFTER_DAYS:
+            issued_before = now - timedelta(days=settings.CVM_ROTATE_AFTER_DAYS)
+            due |= Q(current_certificate__issued_at__lt=issued_before) & ~Q(product_id__in=list(ages))
+        return queryset.filter(due, state__in=allowed_states(DeviceAction.ROTATE))
 
     def has_output(self) -> bool:
         # Shown even with one choice; and a value it does not offer still reaches queryset() to be refused.

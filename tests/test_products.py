@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.utils.timezone import now as timezone_now
 
 from provisioning.models import AuditEvent, AuditKind, Device, DeviceState, Product
 from provisioning.reconcile import reconcile_find, reconcile_fix
@@ -224,3 +225,19 @@ def test_a_product_is_shaped_on_its_admin_page_and_the_change_audited(client, aw
     )
     assert bad.status_code == 200, "the form shows the error"
     assert Product.objects.get(name="sensor-x").thing_type == "sensor-x-type"
+
+
+def test_the_rotation_due_list_follows_each_products_rotation_age(api, aws_mock, make_device, client, superuser):
+    configure("monthly", "--rotate-after-days", "30")
+    fresh, old = make_device("SN-FRESH", product="monthly"), make_device("SN-OLD", product="monthly")
+    for device in (fresh, old):
+        assert vend(api, device.serial, device.token).status_code == 201
+    from provisioning.models import Certificate
+
+    Certificate.objects.filter(device__serial="SN-OLD").update(issued_at=timezone_now() - timedelta(days=31))
+    client.force_login(superuser)
+
+    page = client.get("/admin/provisioning/device/?rotation=due").content.decode()
+
+    assert "SN-OLD" in page
+    assert "SN-FRESH" not in page

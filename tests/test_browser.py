@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from provisioning.imports import imports_run_pending
-from provisioning.models import Certificate, CertificateStatus, Device, DeviceState
+from provisioning.models import Certificate, CertificateStatus, Device, DeviceState, Product
 
 from .conftest import vend
 
@@ -394,3 +394,25 @@ def test_on_a_phone_the_filters_and_actions_come_before_the_list(browser, live_s
         assert "state: registered" in summary_of(page, "#active-filters")
     finally:
         context.close()
+
+
+def test_a_superuser_shapes_a_product_on_its_admin_page(page, superuser, aws_mock):
+    log_in(page, "root")
+    page.goto(page.base_url + "/admin/provisioning/product/add/")
+    page.fill("#id_name", "thermostat")
+    page.fill("#id_description", "wall thermostat, second generation")
+    page.fill("#id_iot_policy", "cvm-device-policy-thermostat")
+    page.fill("#id_thing_type", "thermostat-v2")
+    page.fill("#id_thing_groups_text", "eu ota-wave-1")
+    page.fill("#id_rotate_after_days", "365")
+    shot(page, "superuser-product")
+    page.click("input[name=_save]")
+    page.wait_for_selector("text=Created in AWS IoT")
+
+    product = Product.objects.get(name="thermostat")
+    assert (product.thing_type, product.thing_groups, product.rotate_after_days) == (
+        "thermostat-v2",
+        ["eu", "ota-wave-1"],
+        365,
+    )
+    assert aws_mock.iot.describe_thing_group(thingGroupName="ota-wave-1")["thingGroupName"] == "ota-wave-1"

@@ -49,6 +49,7 @@ class ProductForm(forms.ModelForm):
     class Meta:
         model = Product
         fields = ["name", "description", "iot_policy", "thing_type", "rotate_after_days"]
+        labels = {"iot_policy": "IoT policy", "rotate_after_days": "Rotate after (days)"}
         help_texts = {
             "iot_policy": "empty: the default policy (CVM_IOT_POLICY_NAME)",
             "thing_type": "empty: no thing type (then a device may have 1 attribute of its own, else 48)",

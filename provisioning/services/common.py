@@ -55,6 +55,16 @@ class BatchOutcome:
     tokens: list[IssuedToken] = field(default_factory=list)
 
 
+def issuing_advice(serial: str, then: str) -> str:
+    """What to do about a device that is being issued a certificate right now: wait, then `then`."""
+    from django.conf import settings
+
+    return (
+        f"device {serial} is being issued a certificate right now; wait for it to finish "
+        f"(at most {settings.CVM_CLAIM_TIMEOUT_SECONDS} s), then {then}"
+    )
+
+
 def thing_name_for(serial: str) -> str:
     """The thing name a serial gets when it is registered; afterwards `Device.thing_name` is the source."""
     from django.conf import settings

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -14,7 +13,15 @@ from ..crypto import token_digest, token_generate
 from ..models import AuditKind, Certificate, CertificateStatus, Device, DeviceAction, DeviceState
 from ..selectors import device_get
 from ..validators import SERIAL_RE
-from .common import BatchOutcome, DeviceNotEligible, IssuedToken, ServiceError, aws_failure_advice, device_transition
+from .common import (
+    BatchOutcome,
+    DeviceNotEligible,
+    IssuedToken,
+    ServiceError,
+    aws_failure_advice,
+    device_transition,
+    issuing_advice,
+)
 from .tokens import token_check, token_ttl
 
 
@@ -94,10 +101,7 @@ def device_reset(*, serial: str, actor: str, reason: str = "reset", ttl_days: in
 
 def reset_refusal_advice(serial: str, state: str) -> str:
     if state == DeviceState.ISSUING:
-        return (
-            f"device {serial} is being issued a certificate right now; wait for it to finish "
-            f"(at most {settings.CVM_CLAIM_TIMEOUT_SECONDS} s), then reset it"
-        )
+        return issuing_advice(serial, "reset it")
     return (
         f"device {serial} is {state}; reset applies to active or revoked devices "
         "(issue_tokens gives a device without a certificate a new token)"
@@ -106,10 +110,7 @@ def reset_refusal_advice(serial: str, state: str) -> str:
 
 def revoke_refusal_advice(serial: str, state: str) -> str:
     if state == DeviceState.ISSUING:
-        return (
-            f"device {serial} is being issued a certificate right now; wait for it to finish "
-            f"(at most {settings.CVM_CLAIM_TIMEOUT_SECONDS} s), then revoke it"
-        )
+        return issuing_advice(serial, "revoke it")
     return f"device {serial} is {state}; only an active device can be revoked"
 
 

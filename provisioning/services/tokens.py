@@ -12,7 +12,7 @@ from ..bulk import chunks, db_datetime
 from ..crypto import token_digest, token_generate
 from ..models import LIFECYCLE, AuditKind, Device, DeviceAction, DeviceState, action_allowed
 from ..validators import InputInvalid, token_ttl_check
-from .common import BatchOutcome, DeviceNotEligible, IssuedToken, ServiceError, devices_transition_many
+from .common import BatchOutcome, DeviceNotEligible, IssuedToken, ServiceError, devices_transition_many, issuing_advice
 
 
 def token_ttl(ttl_days: int | None) -> int:
@@ -116,10 +116,7 @@ def token_check(device: Device) -> None:
 def token_refusal_advice(serial: str, state: str) -> str:
     """Why a device cannot be given a token now, and what does work."""
     if state == DeviceState.ISSUING:
-        return (
-            f"device {serial} is being issued a certificate right now; wait for it to finish "
-            f"(at most {settings.CVM_CLAIM_TIMEOUT_SECONDS} s), then reset it if it needs a new token"
-        )
+        return issuing_advice(serial, "reset it if it needs a new token")
     return f"device {serial} is {state}; use reset to give it a new token"
 
 

@@ -484,11 +484,6 @@ def unknown_thing_certificates(device: Device) -> list[aws.CertificateInfo]:
     return [info for info in aws.thing_certificates(thing_name=device.thing_name) if info.certificate_id not in known]
 
 
-def info_policy(device: Device) -> str:
-    # An unrecorded certificate's policy is unknown: the product's is the one an issuance attached.
-    return device.product.policy_name
-
-
 def _discard_unknown_certificates(device: Device) -> list[str]:
     """Deactivate, detach and delete what the thing holds that the database never recorded."""
     discarded = []
@@ -497,7 +492,8 @@ def _discard_unknown_certificates(device: Device) -> list[str]:
             certificate_id=info.certificate_id,
             certificate_arn=info.arn,
             thing_name=device.thing_name,
-            policy_name=info_policy(device),
+            # An unrecorded certificate's policy is unknown: the product's is the one an issuance attaches.
+            policy_name=device.product.policy_name,
         )
         discarded.append(info.certificate_id)
     return discarded

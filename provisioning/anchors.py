@@ -14,7 +14,7 @@ from pathlib import Path
 from django.conf import settings
 
 from . import aws
-from .audit import Anchor, audit_head
+from .audit import Anchor, audit_chain_pending, audit_head
 
 
 class AnchorSinkInvalid(ValueError):
@@ -31,7 +31,8 @@ def _s3_location(location: str) -> tuple[str, str] | None:
 
 
 def anchor_write(*, sink: str) -> Anchor:
-    """Append the chain's current head to `sink`; returns it."""
+    """Chain what is pending, then append the chain's head to `sink`; returns it."""
+    audit_chain_pending()
     anchor = audit_head()
     s3 = _s3_location(sink)
     if s3 is not None:

@@ -1,10 +1,23 @@
-"""The tamper-evident audit log: append under a lock, verify by walking the keyed hash chain.
+"""The tamper-evident audit log: writers append, one sequencer chains, anyone verifies.
 
-Each event's `hash` is an HMAC-SHA256, under `CVM_AUDIT_HMAC_KEY`, of its content and its predecessor's
-hash. The key lives outside the database, so someone who can write the database but does not hold the
-key can neither edit an event and recompute the chain after it nor forge a new tail. Deleting the newest
-events and rewinding the head is caught by anchors: `anchor_audit` copies the head to an append-only
-sink outside the database, and `verify_audit --anchors` checks every anchored event is still there.
+Each event's `hash` is an HMAC-SHA256, under `CVM_AUDIT_HMAC_KEY`, of its content, its place in the
+chain (`seq`) and its predecessor's hash. The key lives outside the database, so someone who can write
+the database but does not hold the key can neither edit an event and recompute the chain after it nor
+forge a new tail. Deleting the newest events and rewinding the head is caught by anchors: `anchor_audit`
+copies the head to an append-only sink outside the database, and `verify_audit --anchors` checks every
+anchored event is still there.
+
+Writers never wait for each other here. A change inserts its events unchained (`seq` NULL) in its own
+transaction, taking no lock but its row's; the sequencer (`audit_chain_pending`, run by the worker every
+AUDIT_CHAIN_EVERY_SECONDS) is the only one that takes the chain head's lock, and gives the events
+committed since its last round their `seq`, `prev_hash` and `hash`, in the order it finds them. One
+global chain written by every vend would otherwise serialise the whole fleet on one row lock.
+
+The invariant kept: every committed event is chained within seconds of its commit, and `verify_audit`
+reports any event left unchained longer than AUDIT_CHAIN_LAG_LIMIT. What it gives up: an event is
+protected by the chain only from the moment it is chained, so someone with write access to the database
+could alter or delete an event in the second between its commit and its chaining (on PostgreSQL the
+trigger refuses even that to the portal's own role).
 """
 
 from __future__ import annotations
@@ -12,19 +25,23 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.utils import timezone
 
-from .bulk import db_datetime, db_json, insert_rows
+from .bulk import db_datetime, insert_rows
 from .models import AuditChainHead, AuditEvent
 
 GENESIS_HASH = "0" * 64
+
+logger = logging.getLogger(__name__)
 
 
 def audit_keys() -> list[bytes]:
@@ -81,11 +98,9 @@ def legacy_sha256(event: AuditEvent) -> str:
     return hashlib.sha256(_body(*_event_fields(event))).hexdigest()
 
 
-def _plain(data: dict[str, Any]) -> dict[str, Any]:
-    """`data` as the database will give it back (JSON types only), so the hash matches on reading."""
-    if all(isinstance(value, str | int | bool | type(None)) for value in data.values()):
-        return data
-    return json.loads(json.dumps(data, default=str))
+def _data_json(data: dict[str, Any]) -> str:
+    """`data` as stored: JSON, with anything JSON has no type for (a time, a UUID) as its text."""
+    return json.dumps(data, separators=(",", ":"), default=str)
 
 
 @dataclass(frozen=True)
@@ -97,42 +112,97 @@ class NewEvent:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def audit_append_many(events: list[NewEvent]) -> list[tuple[Any, ...]]:
-    """Append events in order; call it inside the transaction of the change they record.
+AUDIT_CHAIN_EVERY_SECONDS = 0.5
+AUDIT_CHAIN_LAG_LIMIT = timedelta(seconds=60)
+AUDIT_CHAIN_BATCH = 5000
 
-    Returns the rows written as (seq, kind, actor, serial, client_address, data, prev_hash, hash).
+
+def audit_append_many(events: list[NewEvent]) -> int:
+    """Insert events, unchained, in order; call it inside the transaction of the change they record.
+
+    Takes no lock beyond the insert: the sequencer (`audit_chain_pending`) chains them after the
+    transaction commits. Returns how many were written.
     """
     if not connection.in_atomic_block:
         raise RuntimeError("audit events must be written inside the transaction of the change they record")
     if not events:
-        return []
-    # The head row lock serialises appenders on PostgreSQL; SQLite's IMMEDIATE transactions already
-    # serialise all writers. Either way two events can never claim the same predecessor.
-    head = AuditChainHead.objects.select_for_update().filter(pk=1).first()
-    if head is None:  # made by a migration; only a flushed test database lacks it
-        AuditChainHead.objects.get_or_create(pk=1)
-        head = AuditChainHead.objects.select_for_update().get(pk=1)
-    created_at = timezone.now()
-    seq, prev_hash = head.last_seq, head.last_hash
-    key = audit_keys()[0]
-    rows: list[tuple[Any, ...]] = []
-    for event in events:
-        seq += 1
-        data = _plain(event.data)
-        event_hash = _hash(
-            seq, created_at, event.kind, event.actor, event.serial, event.client_address, data, prev_hash, key=key
-        )
-        rows.append((seq, event.kind, event.actor, event.serial, event.client_address, data, prev_hash, event_hash))
-        prev_hash = event_hash
-    stamp = db_datetime(created_at)
+        return 0
+    stamp = db_datetime(timezone.now())
     # Plain executemany: imports and token runs append one event per device, 100,000 at a time.
-    insert_rows(
+    return insert_rows(
         AuditEvent,
-        ["seq", "created_at", "kind", "actor", "serial", "client_address", "data", "prev_hash", "hash"],
-        ((r[0], stamp, r[1], r[2], r[3], r[4], db_json(r[5]), r[6], r[7]) for r in rows),
+        ["created_at", "kind", "actor", "serial", "client_address", "data", "prev_hash", "hash"],
+        (
+            (stamp, event.kind, event.actor, event.serial, event.client_address, _data_json(event.data), "", "")
+            for event in events
+        ),
     )
-    AuditChainHead.objects.filter(pk=1).update(last_seq=seq, last_hash=prev_hash)
-    return rows
+
+
+def audit_chain_pending(*, batch: int = AUDIT_CHAIN_BATCH) -> int:
+    """Chain every committed, unchained event (oldest insert first); returns how many were chained.
+
+    Each round is one short transaction holding the chain head's row lock: it reads up to `batch`
+    unchained events, computes their keyed hashes one after another, and writes `seq`, `prev_hash` and
+    `hash` with a conditional UPDATE (`seq IS NULL`), so two sequencers running at once can never chain
+    an event twice or fork the chain. The event's content is hashed as the database gives it back, which
+    is what `audit_verify` will read.
+    """
+    total = 0
+    key = audit_keys()[0]
+    quote = connection.ops.quote_name
+    table = quote(AuditEvent._meta.db_table)
+    update = f"UPDATE {table} SET seq = %s, prev_hash = %s, hash = %s WHERE id = %s AND seq IS NULL"  # noqa: S608
+    while True:
+        with transaction.atomic():
+            head = AuditChainHead.objects.select_for_update().filter(pk=1).first()
+            if head is None:  # made by a migration; only a flushed test database lacks it
+                AuditChainHead.objects.get_or_create(pk=1)
+                head = AuditChainHead.objects.select_for_update().get(pk=1)
+            pending = list(
+                AuditEvent.objects.filter(seq__isnull=True)
+                .order_by("id")
+                .only("id", "created_at", "kind", "actor", "serial", "client_address", "data")[:batch]
+            )
+            if not pending:
+                return total
+            seq, prev_hash = head.last_seq, head.last_hash
+            params = []
+            for event in pending:
+                seq += 1
+                event.seq, event.prev_hash = seq, prev_hash
+                event.hash = _hash(*_event_fields(event), key=key)
+                params.append((seq, prev_hash, event.hash, event.id))
+                prev_hash = event.hash
+            with connection.cursor() as cursor:
+                cursor.executemany(update, params)
+                if cursor.rowcount != len(params):
+                    # Another sequencer chained some of them first: its head lock makes this unreachable,
+                    # but if it ever happens the round must not commit a chain with holes.
+                    raise RuntimeError("audit events were chained by someone else during this round")
+            AuditChainHead.objects.filter(pk=1).update(last_seq=seq, last_hash=prev_hash)
+        total += len(pending)
+        if len(pending) < batch:
+            return total
+
+
+def audit_unchained() -> tuple[int, datetime | None]:
+    """How many committed events wait for the sequencer, and when the oldest of them was written."""
+    pending = AuditEvent.objects.filter(seq__isnull=True)
+    oldest = pending.order_by("id").values_list("created_at", flat=True).first()
+    return pending.count(), oldest
+
+
+def audit_follow(*, stop: threading.Event) -> None:
+    """The worker's sequencer: chain what is pending every AUDIT_CHAIN_EVERY_SECONDS until `stop` is set."""
+    while not stop.is_set():
+        try:
+            audit_chain_pending()
+        except DatabaseError:
+            # The database went away (restart, failover): the next round reconnects.
+            logger.warning("audit chaining failed; retrying", exc_info=False)
+            close_old_connections()
+        stop.wait(AUDIT_CHAIN_EVERY_SECONDS)
 
 
 def audit_append(
@@ -153,20 +223,32 @@ class AuditProblem:
     message: str
 
     def __str__(self) -> str:
-        return f"audit event #{self.seq}: {self.message}"
+        return f"audit event #{self.seq}: {self.message}" if self.seq else f"audit log: {self.message}"
 
 
 def _events() -> Iterator[AuditEvent]:
-    return AuditEvent.objects.order_by("seq").iterator(chunk_size=2000)
+    return AuditEvent.objects.filter(seq__isnull=False).order_by("seq").iterator(chunk_size=2000)
 
 
 def audit_verify(*, anchors: list[Anchor] | None = None) -> list[AuditProblem]:
-    """Walk the chain from the first event; report every break (edited, inserted or deleted rows).
+    """Walk the chain from the first event; report every break (edited, inserted or deleted rows), and
+    every event that has waited longer than AUDIT_CHAIN_LAG_LIMIT to be chained (the worker is not
+    running, or cannot keep up). Events committed since the sequencer's last round are not a problem;
+    they are checked once chained. Reads only: an auditor may run it with a read-only database role.
 
     With `anchors` (heads copied out of the database by `anchor_audit`), also report every anchored
     event that is missing or differs: a truncated tail, or a database restored from an older backup.
     """
     problems: list[AuditProblem] = []
+    waiting, oldest = audit_unchained()
+    if oldest is not None and timezone.now() - oldest > AUDIT_CHAIN_LAG_LIMIT:
+        problems.append(
+            AuditProblem(
+                0,
+                f"{waiting} event(s) not chained yet, the oldest written at {oldest.isoformat()}: "
+                "is the worker (sync_dynamodb) running?",
+            )
+        )
     expected_seq = 1
     prev_hash = GENESIS_HASH
     keys = audit_keys()

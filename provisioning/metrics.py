@@ -35,7 +35,8 @@ AWS_QUOTA_REFUSALS = Counter(
 
 
 class OutboxCollector:
-    """Backlog and lag of the DynamoDB outbox, read from the database at scrape time."""
+    """Backlog and lag of the DynamoDB outbox and of the audit sequencer, read from the database at scrape
+    time."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from django.db.models import Min
@@ -52,6 +53,17 @@ class OutboxCollector:
         oldest = stats["oldest"]
         lag.add_metric([], (timezone.now() - oldest).total_seconds() if oldest else 0.0)
         yield lag
+        from .audit import audit_unchained
+
+        waiting, oldest_event = audit_unchained()
+        unchained = GaugeMetricFamily("cvm_audit_unchained", "Audit events committed but not chained yet")
+        unchained.add_metric([], waiting)
+        yield unchained
+        chain_lag = GaugeMetricFamily(
+            "cvm_audit_chain_lag_seconds", "Age of the oldest audit event not chained yet (normally under 1 s)"
+        )
+        chain_lag.add_metric([], (timezone.now() - oldest_event).total_seconds() if oldest_event else 0.0)
+        yield chain_lag
 
 
 def exposition() -> bytes:

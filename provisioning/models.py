@@ -279,26 +279,31 @@ class AuditEventQuerySet(models.QuerySet):
 class AuditEvent(models.Model):
     """An append-only, hash-chained record of everything that happened.
 
-    `hash` is SHA-256 over this row's content and the previous row's hash, so editing, inserting or
-    deleting any row breaks the chain from there on (`manage.py verify_audit`).
+    Written unchained (`seq` NULL, empty hashes) in the transaction of the change it records; the
+    sequencer (`provisioning.audit.audit_chain_pending`) then sets `seq`, `prev_hash` and `hash`, an
+    HMAC over this row's content, its `seq` and the previous row's hash, so editing, inserting or
+    deleting any chained row breaks the chain from there on (`manage.py verify_audit`). `id` is the
+    order events were written in; `seq` the order they were chained in.
     """
 
-    seq = models.PositiveBigIntegerField(unique=True)
+    seq = models.PositiveBigIntegerField(unique=True, null=True, blank=True)
     created_at = models.DateTimeField(db_index=True)
     kind = models.CharField(max_length=40, choices=AuditKind.choices)
     actor = models.CharField(max_length=150, blank=True)
     serial = models.CharField(max_length=64, blank=True)
     client_address = models.GenericIPAddressField(null=True, blank=True)
     data = models.JSONField(default=dict, blank=True)
-    prev_hash = models.CharField(max_length=64)
-    hash = models.CharField(max_length=64)
+    prev_hash = models.CharField(max_length=64, blank=True, default="")
+    hash = models.CharField(max_length=64, blank=True, default="")
 
     objects = AuditEventQuerySet.as_manager()
 
     class Meta:
-        ordering = ["-seq"]
+        ordering = ["-id"]
         permissions = [("view_audit", "Can see the dashboard and export audit data as CSV")]
         indexes = [
+            # The sequencer's work list: small, since events leave it within a second.
+            models.Index(fields=["id"], condition=models.Q(seq__isnull=True), name="audit_unchained"),
             models.Index(fields=["serial", "kind", "created_at"], name="audit_serial_kind_time"),
             models.Index(fields=["client_address", "kind", "created_at"], name="audit_address_kind_time"),
             models.Index(fields=["kind", "created_at"], name="audit_kind_time"),
@@ -306,7 +311,7 @@ class AuditEvent(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"#{self.seq} {self.kind} {self.serial}"
+        return f"#{self.seq or '(unchained)'} {self.kind} {self.serial}"
 
     def save(self, *args, **kwargs):
         if not self._state.adding:
@@ -338,7 +343,7 @@ class ProofJti(models.Model):
 
 
 class AuditChainHead(models.Model):
-    """The single row every audit append locks, so concurrent writers never fork the chain."""
+    """The chain's newest event: the single row the audit sequencer locks, so two never fork the chain."""
 
     last_seq = models.PositiveBigIntegerField(default=0)
     last_hash = models.CharField(max_length=64, default="0" * 64)

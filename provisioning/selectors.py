@@ -63,8 +63,13 @@ def serials_unknown(serials: list[str]) -> set[str]:
 def audit_events_list(
     *, serial: str | None = None, kind: str | None = None, since: datetime | None = None
 ) -> QuerySet[AuditEvent]:
-    """Audit events for the staff API, filtered; the caller orders them by `seq` and pages them."""
-    events = AuditEvent.objects.all()
+    """Chained audit events for the staff API, filtered; the caller orders them by `seq` and pages them.
+
+    Only chained ones: a new `seq` is always above every existing one, so a client following the
+    cursor never misses an event, which ordering by write order (`id`) could not promise on PostgreSQL
+    (a transaction may commit after a later one). An event is listed within a second of its commit.
+    """
+    events = AuditEvent.objects.filter(seq__isnull=False)
     if serial:
         events = events.filter(serial=serial)
     if kind:
@@ -261,7 +266,7 @@ def dashboard_data(*, now: datetime, days: int = 30) -> Dashboard:
         for day in (first_day + timedelta(days=i) for i in range(days))
     ]
     failures = list(
-        AuditEvent.objects.filter(kind__in=[AuditKind.VEND_FAILED, AuditKind.CLAIM_RECOVERED]).order_by("-seq")[:10]
+        AuditEvent.objects.filter(kind__in=[AuditKind.VEND_FAILED, AuditKind.CLAIM_RECOVERED]).order_by("-id")[:10]
     )
     pending = DynamoOutbox.objects.filter(done_at__isnull=True)
     return Dashboard(

@@ -1,4 +1,5 @@
-"""The audit log is append-only and `verify_audit` finds any edited, inserted or deleted row."""
+"""The audit log is append-only, chained by one sequencer, and `verify_audit` finds any edited, inserted or
+deleted row and any event left unchained."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, transaction
 
-from provisioning.audit import audit_append, audit_verify
+from provisioning.audit import audit_append, audit_chain_pending, audit_verify
 from provisioning.models import AuditEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -23,6 +24,7 @@ def five_events() -> list[AuditEvent]:
     for i in range(5):
         with transaction.atomic():
             audit_append(kind="token_issued", actor="alice", serial=f"SN-{i}", data={"n": i})
+    assert audit_chain_pending() == 5
     return list(AuditEvent.objects.order_by("seq"))
 
 
@@ -120,15 +122,35 @@ def test_concurrent_appenders_never_fork_the_chain(transactional_db):
         finally:
             thread_connection.close()
 
+    def sequencer() -> None:
+        from django.db import connection as thread_connection
+
+        try:
+            while not done.is_set():
+                audit_chain_pending(batch=7)  # small rounds, so the two sequencers interleave
+        finally:
+            thread_connection.close()
+
+    done = threading.Event()
+    # Two sequencers at once, as when a second worker is started by mistake: neither forks the chain.
+    sequencers = [threading.Thread(target=sequencer) for _ in range(2)]
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
-    for thread in threads:
+    for thread in [*threads, *sequencers]:
         thread.start()
     for thread in threads:
         thread.join()
+    done.set()
+    for thread in sequencers:
+        thread.join()
+    audit_chain_pending()
 
     assert AuditEvent.objects.count() == 80
     assert sorted(AuditEvent.objects.values_list("seq", flat=True)) == list(range(1, 81))
     assert audit_verify() == []
+    # Chained in the order they were written (id), whichever sequencer got there.
+    assert list(AuditEvent.objects.order_by("seq").values_list("id", flat=True)) == sorted(
+        AuditEvent.objects.values_list("id", flat=True)
+    )
 
 
 @pytest.mark.parametrize("failing", ["audit", "outbox"])
@@ -217,6 +239,7 @@ def test_a_database_restored_from_an_older_copy_differs_from_its_anchor(five_eve
     for i in range(2):
         with transaction.atomic():
             audit_append(kind="token_issued", actor="bob", serial=f"SN-NEW-{i}")
+    audit_chain_pending()
 
     with pytest.raises(CommandError, match="#5: differs from its anchor"):
         call_command("verify_audit", "--anchors", str(anchors))
@@ -264,6 +287,7 @@ def test_events_written_before_a_key_rotation_verify_with_the_old_key_as_fallbac
     settings.CVM_AUDIT_HMAC_KEY = "a-brand-new-audit-hmac-key-000000000000000"
     with transaction.atomic():
         audit_append(kind="token_issued", actor="after-rotation")
+    audit_chain_pending()
 
     assert audit_verify() != [], "the old events do not verify under the new key alone"
     settings.CVM_AUDIT_HMAC_KEY_FALLBACKS = [old]
@@ -281,6 +305,125 @@ def test_postgresql_refuses_update_and_delete_of_audit_rows(five_events):
         with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(statement)
     assert audit_verify() == []
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the append-only triggers are PostgreSQL's")
+def test_postgresql_lets_only_the_sequencer_touch_an_unchained_event(five_events):
+    from django.db import DatabaseError
+
+    with transaction.atomic():
+        audit_append(kind="device_revoked", actor="alice", serial="SN-9")
+    pending = AuditEvent.objects.get(seq__isnull=True).id
+    for statement in (
+        "UPDATE provisioning_auditevent SET actor = 'mallory' WHERE id = %s",
+        "UPDATE provisioning_auditevent SET seq = 6, hash = 'f', actor = 'mallory' WHERE id = %s",
+        "UPDATE provisioning_auditevent SET seq = 99, hash = 'f' WHERE seq = 5 AND id <> %s",  # a chained one
+        "DELETE FROM provisioning_auditevent WHERE id = %s",
+    ):
+        with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(statement, [pending])
+    assert audit_chain_pending() == 1
+    assert AuditEvent.objects.get(id=pending).actor == "alice"
+    assert audit_verify() == []
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite serialises every writer anyway")
+def test_writers_do_not_wait_for_the_chain_head(five_events):
+    """While the sequencer holds the head's lock, a change still writes its event at once."""
+    import threading
+
+    from provisioning.models import AuditChainHead
+
+    locked, release = threading.Event(), threading.Event()
+
+    def sequencer_round() -> None:
+        from django.db import connection as thread_connection
+
+        try:
+            with transaction.atomic():
+                AuditChainHead.objects.select_for_update().get(pk=1)
+                locked.set()
+                release.wait(10)
+        finally:
+            thread_connection.close()
+
+    holder = threading.Thread(target=sequencer_round)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                # Any wait for the head's lock would fail here instead of blocking.
+                cursor.execute("SET LOCAL lock_timeout = '200ms'")
+            audit_append(kind="token_issued", actor="alice", serial="SN-NOWAIT")
+    finally:
+        release.set()
+        holder.join()
+    assert AuditEvent.objects.filter(serial="SN-NOWAIT", seq__isnull=True).exists()
+
+
+def test_recent_unchained_events_are_not_a_problem_and_verify_only_reads(five_events, capsys):
+    with transaction.atomic():
+        audit_append(kind="token_issued", actor="alice", serial="SN-NEW")
+
+    call_command("verify_audit")
+
+    out = capsys.readouterr().out
+    assert out.startswith("audit log intact: 5 event(s), head ")
+    assert "1 newer event(s) wait for the worker to chain them" in out
+    assert AuditEvent.objects.get(serial="SN-NEW").seq is None, "verify_audit writes nothing"
+
+
+def test_an_event_left_unchained_for_over_a_minute_is_reported(five_events):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    with transaction.atomic():
+        audit_append(kind="token_issued", actor="alice", serial="SN-STUCK")
+    sql(
+        "UPDATE provisioning_auditevent SET created_at = %s WHERE serial = 'SN-STUCK'",
+        timezone.now() - timedelta(seconds=61),
+    )
+
+    with pytest.raises(CommandError, match=r"1 event\(s\) not chained yet.*is the worker \(sync_dynamodb\) running"):
+        call_command("verify_audit")
+    audit_chain_pending()
+    assert audit_verify() == []
+
+
+def test_the_worker_chains_events_within_a_second(five_events):
+    import threading
+    import time
+
+    from provisioning.audit import audit_follow
+
+    stop = threading.Event()
+    worker = threading.Thread(target=audit_follow, kwargs={"stop": stop})
+    worker.start()
+    try:
+        with transaction.atomic():
+            audit_append(kind="token_issued", actor="alice", serial="SN-FOLLOWED")
+        deadline = time.monotonic() + 10  # generous: a busy CI machine; the worker's round is 0.5 s
+        while AuditEvent.objects.get(serial="SN-FOLLOWED").seq is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        worker.join()
+    assert AuditEvent.objects.get(serial="SN-FOLLOWED").seq == 6
+    assert audit_verify() == []
+
+
+def test_anchoring_chains_what_is_pending_first(five_events, tmp_path):
+    from provisioning.anchors import anchor_write
+
+    with transaction.atomic():
+        audit_append(kind="token_issued", actor="alice", serial="SN-ANCHORED")
+
+    anchor = anchor_write(sink=str(tmp_path / "anchors.jsonl"))
+
+    assert anchor.seq == 6
+    assert AuditEvent.objects.get(serial="SN-ANCHORED").hash == anchor.head
 
 
 def _migrate(target: str | None):

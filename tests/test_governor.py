@@ -13,7 +13,7 @@ from django.test import override_settings
 
 import cvm_portal.settings
 from provisioning import governor
-from provisioning.models import Device, DeviceState
+from provisioning.models import AuditEvent, Device, DeviceState
 from scripts.processes import port_in_use
 
 from .conftest import vend
@@ -122,6 +122,11 @@ def test_metrics_are_served_to_loopback_and_count_vends(client, api, aws_mock, m
     assert 'cvm_aws_call_duration_seconds_count{operation="CreateKeysAndCertificate"}' in body
     assert "cvm_outbox_backlog" in body
     assert "cvm_outbox_lag_seconds" in body
+    # The vend's events, not chained yet: no worker runs in this test.
+    unchained = AuditEvent.objects.filter(seq__isnull=True).count()
+    assert unchained > 0
+    assert f"\ncvm_audit_unchained {unchained}.0\n" in body
+    assert "cvm_audit_chain_lag_seconds" in body
     assert client.get("/metrics", REMOTE_ADDR="203.0.113.5").status_code == 403
 
 

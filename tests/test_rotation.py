@@ -160,7 +160,7 @@ def test_rotation_then_confirmation_leaves_the_new_certificate_alone_active(api,
     item = aws_mock.dynamodb.get_item(TableName="cvm-device-association", Key={"productId": {"S": device.serial}})
     assert "pendingCertID" not in item["Item"]
     assert item["Item"]["certID"] == {"S": body["certificate_id"]}
-    kinds = list(AuditEvent.objects.filter(serial=device.serial).order_by("seq").values_list("kind", flat=True))
+    kinds = list(AuditEvent.objects.filter(serial=device.serial).order_by("id").values_list("kind", flat=True))
     assert kinds[-4:] == [
         AuditKind.ROTATION_STARTED,
         AuditKind.ROTATION_ISSUED,

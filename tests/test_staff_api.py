@@ -368,8 +368,13 @@ def test_device_list_filters_and_refuses_what_it_does_not_know(as_role, make_dev
 
 
 def test_audit_events_oldest_first_filtered_and_paginated(as_role, active_device, make_device):
+    from provisioning.audit import audit_chain_pending
+
     make_device("SN-OTHER")
     client = as_role("auditor")
+    # Listed once chained: a follower's cursor (seq) then never passes an event that commits later.
+    assert client.get("/api/v1/audit-events?serial=SN-ACTIVE").json()["results"] == []
+    audit_chain_pending()
 
     events = []
     url = "/api/v1/audit-events?serial=SN-ACTIVE&page_size=2"

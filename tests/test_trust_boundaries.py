@@ -63,7 +63,7 @@ def test_failed_logins_with_varying_usernames_are_recorded_a_bounded_number_of_t
 
     failures = AuditEvent.objects.filter(kind=AuditKind.ADMIN_LOGIN_FAILED)
     assert failures.count() == 20
-    assert "not recorded" in failures.order_by("-seq").first().data["note"]
+    assert "not recorded" in failures.order_by("-id").first().data["note"]
 
 
 # --- 3. A forged X-Forwarded-For counts only from a real proxy --------------------------------------

@@ -118,7 +118,7 @@ def test_every_refusal_has_the_same_body_and_its_real_reason_is_audited(api, aws
 
     assert response.status_code == 403
     assert response.json() == GENERIC_403
-    assert AuditEvent.objects.filter(kind=AuditKind.VEND_REFUSED).latest("seq").data == {"reason": reason}
+    assert AuditEvent.objects.filter(kind=AuditKind.VEND_REFUSED).latest("id").data == {"reason": reason}
     assert not aws_mock.active_certificates()
 
 

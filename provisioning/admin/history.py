@@ -202,7 +202,7 @@ class AuditEventAdmin(CsvExportMixin, ReadOnlyAdmin):
     ]
     search_fields = ["=serial", "=actor", "=client_address"]
     search_help_text = "A whole serial, actor (staff:NAME, device, system) or client address."
-    ordering = ["-seq"]
+    ordering = ["-id"]  # newest first, chained or not yet
     export_fields = (
         "seq",
         "created_at",

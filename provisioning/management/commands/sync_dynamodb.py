@@ -5,7 +5,7 @@ from django.conf import settings
 from django.core.management.base import CommandError
 
 from provisioning.anchors import anchor_write
-from provisioning.audit import audit_head
+from provisioning.audit import audit_chain_pending, audit_follow, audit_head
 from provisioning.mirror import PeriodicJob, outbox_backlog, outbox_drain, outbox_follow
 from provisioning.services.rotation import rotations_expire
 from provisioning.webhooks import webhooks_follow
@@ -16,7 +16,8 @@ from ._base import PortalCommand
 class Command(PortalCommand):
     help = (
         "Push pending device changes to the DynamoDB association table; without --once keeps running as the "
-        "portal's worker, which also delivers webhooks, rolls back expired rotations and anchors the audit log."
+        "portal's worker, which also chains and anchors the audit log, delivers webhooks and rolls back expired "
+        "rotations."
     )
 
     def add_arguments(self, parser):
@@ -36,13 +37,18 @@ class Command(PortalCommand):
         # Webhooks in a thread of their own: a receiver that answers slowly must not hold the mirror up.
         webhooks = threading.Thread(target=webhooks_follow, kwargs={"stop": stop}, name="webhooks", daemon=True)
         webhooks.start()
+        # The audit sequencer too: events must be chained within a second whatever DynamoDB is doing.
+        sequencer = threading.Thread(target=audit_follow, kwargs={"stop": stop}, name="audit", daemon=True)
+        sequencer.start()
         try:
             outbox_follow(stop=stop, batch_size=batch_size, jobs=worker_jobs())
         finally:
             stop.set()
             webhooks.join(timeout=30)
+            sequencer.join(timeout=30)
 
     def drain_once(self, batch_size):
+        audit_chain_pending()
         written = superseded = 0
         while True:
             # Someone asked for a drain now: rows waiting out a back-off are tried again at once.

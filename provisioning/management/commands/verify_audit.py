@@ -1,15 +1,16 @@
 from django.core.management.base import CommandError
 
 from provisioning.anchors import AnchorSinkInvalid, anchors_read
-from provisioning.audit import audit_head, audit_verify
+from provisioning.audit import audit_head, audit_unchained, audit_verify
 
 from ._base import PortalCommand
 
 
 class Command(PortalCommand):
     help = (
-        "Check that the audit log is complete and unaltered (keyed hash chain); with --anchors, also that "
-        "no anchored event is missing or different. Exits 1 when it is not."
+        "Check that the audit log is complete and unaltered (keyed hash chain) and that no event has waited "
+        "over a minute to be chained; with --anchors, also that no anchored event is missing or different. "
+        "Reads only. Exits 1 when it is not."
     )
 
     def add_arguments(self, parser):
@@ -29,4 +30,6 @@ class Command(PortalCommand):
             raise CommandError(f"audit log broken: {problems[0]}")
         head = audit_head()
         checked = f"; {len(anchored)} anchor(s) checked" if anchored is not None else ""
-        self.stdout.write(f"audit log intact: {head.seq} event(s), head {head.head}{checked}")
+        waiting, _ = audit_unchained()
+        newer = f"; {waiting} newer event(s) wait for the worker to chain them" if waiting else ""
+        self.stdout.write(f"audit log intact: {head.seq} event(s), head {head.head}{checked}{newer}")

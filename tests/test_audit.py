@@ -404,7 +404,7 @@ def test_the_worker_chains_events_within_a_second(five_events):
     try:
         with transaction.atomic():
             audit_append(kind="token_issued", actor="alice", serial="SN-FOLLOWED")
-        deadline = time.monotonic() + 10  # generous: a busy CI machine; the worker's round is 0.5 s
+        deadline = time.monotonic() + 10  # generous: a busy CI machine; the worker chains every 0.25 s
         while AuditEvent.objects.get(serial="SN-FOLLOWED").seq is None and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:

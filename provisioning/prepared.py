@@ -59,7 +59,9 @@ class Selection:
     model: type[Model]
     sql: str  # "alias"."column", … for a SELECT list; unqualified for a RETURNING list
     attnames: tuple[str, ...]
-    conversions: tuple[tuple[Any, tuple[Converter, ...]], ...]
+    # (position, expression, converters) of the columns whose values need converting.
+    conversions: tuple[tuple[int, Any, tuple[Converter, ...]], ...]
+    db: str  # the connection's alias, as model instances record it
 
     @property
     def width(self) -> int:
@@ -70,22 +72,30 @@ class Selection:
         missing row (its primary key is NULL)."""
         if values[0] is None:
             return None
-        converted = [
-            convert(value, expression, converters) if converters else value
-            for value, (expression, converters) in zip(values, self.conversions, strict=True)
-        ]
-        return self.model.from_db(connection.alias, self.attnames, converted)
+        converted = list(values)
+        for position, expression, converters in self.conversions:
+            value = converted[position]
+            for converter in converters:
+                value = converter(value, expression, connection)
+            converted[position] = value
+        return self.model.from_db(self.db, self.attnames, converted)
 
 
 @functools.cache
-def _selection(model: type[Model], alias: str | None, vendor: str) -> Selection:
+def _selection(model: type[Model], alias: str | None, vendor: str, db: str) -> Selection:
     fields = model._meta.concrete_fields
     prefix = f"{quote(alias)}." if alias else ""
+    conversions = []
+    for position, field in enumerate(fields):
+        expression, converters = _field_converters(field, alias or model._meta.db_table, vendor)
+        if converters:
+            conversions.append((position, expression, converters))
     return Selection(
         model=model,
         sql=", ".join(f"{prefix}{quote(field.column)}" for field in fields),
         attnames=tuple(field.attname for field in fields),
-        conversions=tuple(_field_converters(field, alias or model._meta.db_table, vendor) for field in fields),
+        conversions=tuple(conversions),
+        db=db,
     )
 
 
@@ -94,7 +104,7 @@ def selection(model: type[Model], alias: str | None = None) -> Selection:
 
     The primary key comes first: `Selection.instance` reads a NULL one as "no row"."""
     assert model._meta.concrete_fields[0].primary_key
-    return _selection(model, alias, connection.vendor)
+    return _selection(model, alias, connection.vendor, connection.alias)
 
 
 @functools.cache

@@ -23,16 +23,18 @@ from .models import (
     ImportState,
     Product,
 )
-from .prepared import column, convert, field_converters, selection, table
+from .prepared import Selection, column, convert, field_converters, selection, table
+
+_DEVICE_RELATED = ("product", "current_certificate", "pending_certificate")
 
 
 @functools.cache
-def _device_get_sql(vendor: str) -> str:
-    device, product = selection(Device, "d"), selection(Product, "p")
-    current, pending = selection(Certificate, "c"), selection(Certificate, "n")
+def _device_get_statement(vendor: str) -> tuple[str, tuple[Selection, ...]]:
+    parts = (selection(Device, "d"), selection(Product, "p"), selection(Certificate, "c"), selection(Certificate, "n"))
+    device, product, current, pending = parts
     certificates, certificate_pk = table(Certificate), column(Certificate, "id")
     # Every vend starts here: written once from the models' meta (see prepared.py), `serial` a parameter.
-    return (
+    sql = (
         f"SELECT {device.sql}, {product.sql}, {current.sql}, {pending.sql} "  # noqa: S608
         f"FROM {table(Device)} d "
         f"INNER JOIN {table(Product)} p ON p.{column(Product, 'id')} = d.{column(Device, 'product')} "
@@ -40,25 +42,26 @@ def _device_get_sql(vendor: str) -> str:
         f"LEFT OUTER JOIN {certificates} n ON n.{certificate_pk} = d.{column(Device, 'pending_certificate')} "
         f"WHERE d.{column(Device, 'serial')} = %s"
     )
+    return sql, parts
 
 
 def device_get(*, serial: str) -> Device | None:
     """The device with this serial, its product and its current and pending certificates; None when
     no device has it. One statement, the same work whether the serial is known or not."""
+    sql, parts = _device_get_statement(connection.vendor)
     with connection.cursor() as cursor:
-        cursor.execute(_device_get_sql(connection.vendor), [serial])
+        cursor.execute(sql, [serial])
         row = cursor.fetchone()
     if row is None:
         return None
-    parts = [selection(Device, "d"), selection(Product, "p"), selection(Certificate, "c"), selection(Certificate, "n")]
-    values: list[Any] = []
+    instances = []
     start = 0
     for part in parts:
-        values.append(part.instance(row[start : start + part.width]))
+        instances.append(part.instance(row[start : start + part.width]))
         start += part.width
-    found, product, current, pending = values
-    for name, related in (("product", product), ("current_certificate", current), ("pending_certificate", pending)):
-        Device._meta.get_field(name).set_cached_value(found, related)  # type: ignore[union-attr]
+    found, *related = instances
+    for name, value in zip(_DEVICE_RELATED, related, strict=True):
+        Device._meta.get_field(name).set_cached_value(found, value)  # type: ignore[union-attr]
     return found
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Min, Prefetch, Q, QuerySet
+from django.db import connection
+from django.db.models import Count, Prefetch, Q, QuerySet
 from django.db.models.functions import TruncDate
 
+from .bulk import db_datetime
 from .models import (
     AuditEvent,
     AuditKind,
@@ -20,14 +23,62 @@ from .models import (
     ImportState,
     Product,
 )
+from .prepared import Selection, column, convert, field_converters, selection, table
+
+_DEVICE_RELATED = ("product", "current_certificate", "pending_certificate")
+
+
+@functools.cache
+def _device_get_statement(vendor: str) -> tuple[str, tuple[Selection, ...]]:
+    parts = (selection(Device, "d"), selection(Product, "p"), selection(Certificate, "c"), selection(Certificate, "n"))
+    device, product, current, pending = parts
+    certificates, certificate_pk = table(Certificate), column(Certificate, "id")
+    # Every vend starts here: written once from the models' meta (see prepared.py), `serial` a parameter.
+    sql = (
+        f"SELECT {device.sql}, {product.sql}, {current.sql}, {pending.sql} "  # noqa: S608
+        f"FROM {table(Device)} d "
+        f"INNER JOIN {table(Product)} p ON p.{column(Product, 'id')} = d.{column(Device, 'product')} "
+        f"LEFT OUTER JOIN {certificates} c ON c.{certificate_pk} = d.{column(Device, 'current_certificate')} "
+        f"LEFT OUTER JOIN {certificates} n ON n.{certificate_pk} = d.{column(Device, 'pending_certificate')} "
+        f"WHERE d.{column(Device, 'serial')} = %s"
+    )
+    return sql, parts
 
 
 def device_get(*, serial: str) -> Device | None:
+    """The device with this serial, its product and its current and pending certificates; None when
+    no device has it. One statement, the same work whether the serial is known or not."""
+    sql, parts = _device_get_statement(connection.vendor)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [serial])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    instances = []
+    start = 0
+    for part in parts:
+        instances.append(part.instance(row[start : start + part.width]))
+        start += part.width
+    found, *related = instances
+    for name, value in zip(_DEVICE_RELATED, related, strict=True):
+        Device._meta.get_field(name).set_cached_value(found, value)  # type: ignore[union-attr]
+    return found
+
+
+@functools.cache
+def _certificate_ids_sql(vendor: str) -> str:
+    # Read before every issuance (prepared.py says why it is written by hand); the device a parameter.
     return (
-        Device.objects.select_related("product", "current_certificate", "pending_certificate")
-        .filter(serial=serial)
-        .first()
+        f"SELECT {column(Certificate, 'certificate_id')} FROM {table(Certificate)} "  # noqa: S608
+        f"WHERE {column(Certificate, 'device')} = %s"
     )
+
+
+def certificate_ids_of(*, device_pk: int) -> frozenset[str]:
+    """The ids of every certificate the database has recorded for a device, whatever its status."""
+    with connection.cursor() as cursor:
+        cursor.execute(_certificate_ids_sql(connection.vendor), [device_pk])
+        return frozenset(certificate_id for (certificate_id,) in cursor.fetchall())
 
 
 def devices_list(*, state: str | None = None, product: str | None = None) -> QuerySet[Device]:
@@ -199,25 +250,41 @@ class RefusalWindow:
     oldest: datetime | None
 
 
+@functools.cache
+def _refusals_sql(vendor: str) -> str:
+    serial, address, kind, created = (
+        column(AuditEvent, name) for name in ("serial", "client_address", "kind", "created_at")
+    )
+    for_serial = f"({serial} = %s AND {created} >= %s)"
+    for_address = f"{address} = %s"  # NULL (no address) matches nothing, as no address counts nothing
+    # Asked on every vend and every refusal, so written once (see prepared.py); values are parameters. The
+    # WHERE is the same as the aggregate's filters, so it runs on the serial and address indexes.
+    return (
+        f"SELECT COALESCE(SUM(CASE WHEN {for_serial} THEN 1 ELSE 0 END), 0), "  # noqa: S608
+        f"MIN(CASE WHEN {for_serial} THEN {created} END), "
+        f"COALESCE(SUM(CASE WHEN {for_address} THEN 1 ELSE 0 END), 0), "
+        f"MIN(CASE WHEN {for_address} THEN {created} END) "
+        f"FROM {table(AuditEvent)} WHERE ({for_serial} OR {for_address}) AND {kind} IN (%s, %s) AND {created} >= %s"
+    )
+
+
 def refusals_in_window(
     *, since: datetime, serial: str, client_address: str | None, serial_since: datetime | None = None
 ) -> tuple[RefusalWindow, RefusalWindow]:
     """Token refusals for the serial (since `serial_since`, default `since`) and for the address (since
-    `since`), in one query."""
-    for_serial = Q(serial=serial, created_at__gte=serial_since or since)
-    for_address = Q(client_address=client_address) if client_address else Q(pk__in=[])
+    `since`), in one query: (for the serial, for the address), each a count and its oldest time."""
+    by_serial = [serial, db_datetime(serial_since or since)]
+    address = connection.ops.adapt_ipaddressfield_value(client_address) if client_address else None
     # Failed proofs count like failed tokens (SPEC §3.2).
-    result = AuditEvent.objects.filter(
-        for_serial | for_address, kind__in=[AuditKind.VEND_REFUSED, AuditKind.ROTATE_REFUSED], created_at__gte=since
-    ).aggregate(
-        serial_count=Count("id", filter=for_serial),
-        serial_oldest=Min("created_at", filter=for_serial),
-        address_count=Count("id", filter=for_address),
-        address_oldest=Min("created_at", filter=for_address),
-    )
+    kinds = [AuditKind.VEND_REFUSED.value, AuditKind.ROTATE_REFUSED.value]
+    params = [*by_serial, *by_serial, address, address, *by_serial, address, *kinds, db_datetime(since)]
+    with connection.cursor() as cursor:
+        cursor.execute(_refusals_sql(connection.vendor), params)
+        serial_count, serial_oldest, address_count, address_oldest = cursor.fetchone()
+    expression, converters = field_converters(AuditEvent._meta.get_field("created_at"), AuditEvent._meta.db_table)  # type: ignore[arg-type]
     return (
-        RefusalWindow(result["serial_count"], result["serial_oldest"]),
-        RefusalWindow(result["address_count"], result["address_oldest"]),
+        RefusalWindow(int(serial_count), convert(serial_oldest, expression, converters)),
+        RefusalWindow(int(address_count), convert(address_oldest, expression, converters)),
     )
 
 

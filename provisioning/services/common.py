@@ -9,20 +9,22 @@ transaction.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import Model
 from django.utils import timezone
 
 from .. import aws
 from ..audit import NewEvent, audit_append, audit_append_many
 from ..bulk import db_datetime, db_json, insert_rows
-from ..mirror import association_items, device_association_item
-from ..models import LIFECYCLE, Device, DynamoOutbox
-from .webhooks import Subject, webhook_events_queue
+from ..mirror import association_item, association_items, device_association_item
+from ..models import LIFECYCLE, Certificate, Device, DynamoOutbox, Product, WebhookEndpoint
+from ..prepared import column, quote, selection, table
+from .webhooks import EVENT_TYPES_BY_AUDIT_KIND, Subject, webhook_events_queue
 
 DEFAULT_PRODUCT = "default"
 SYSTEM_ACTOR = "system"
@@ -72,13 +74,14 @@ def thing_name_for(serial: str) -> str:
     return f"{settings.CVM_THING_NAME_PREFIX}{serial}"
 
 
-def events_record(events: list[NewEvent], *, subjects: dict[str, Subject]) -> None:
+def events_record(events: list[NewEvent], *, subjects: dict[str, Subject], endpoints_enabled: bool = True) -> None:
     """Append audit events and queue the webhook events they stand for; call inside the change's transaction.
 
-    `subjects` names each serial's thing and product for the webhook events.
+    `subjects` names each serial's thing and product for the webhook events. `endpoints_enabled` False:
+    this transaction already saw that no webhook endpoint is enabled, so none is looked for again.
     """
     audit_append_many(events)
-    webhook_events_queue(events, subjects=subjects)
+    webhook_events_queue(events, subjects=subjects, endpoints_enabled=endpoints_enabled)
 
 
 def record_device_change(
@@ -95,6 +98,87 @@ def record_device_change(
     return device
 
 
+# Lookups a transition's `where` may use, and their SQL.
+_OPERATORS = {"exact": "=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
+
+def _db_value(field: Any, value: Any) -> Any:
+    """A value as the driver takes it for `field` (a related object counts as its primary key)."""
+    if isinstance(value, Model):
+        value = value.pk
+    return field.get_db_prep_save(value, connection)
+
+
+def _comparison(lookup: str, value: Any) -> str:
+    """How a `where` entry compares: "null", "not null" or "value" (a parameter)."""
+    operator = lookup.partition("__")[2]
+    if operator == "isnull":
+        return "null" if value else "not null"
+    if operator not in ("", *_OPERATORS):
+        raise ValueError(f"a transition cannot compare with {lookup!r}")
+    if value is None:
+        if operator not in ("", "exact"):
+            raise ValueError(f"{lookup!r} cannot compare with None")
+        return "null"
+    return "value"
+
+
+@functools.cache
+def _transition_sql(
+    vendor: str, sources: tuple[str, ...], where: tuple[tuple[str, str], ...], changes: tuple[str, ...], webhooks: bool
+) -> tuple[str, tuple[Any, ...], tuple[Any, ...]]:
+    """The conditional UPDATE of one device with its RETURNING list; and the fields of the changed and
+    the compared columns, in parameter order.
+
+    `where` is (lookup, "null", "not null" or "value"): whether the value makes it IS NULL, IS NOT NULL
+    or a comparison with a parameter. Written once per shape from the models' meta (see
+    prepared.py); every value is a parameter. RETURNING gives back the row as it is now, with what its
+    DynamoDB item and webhook events name (product, certificate ids) and whether any webhook endpoint is
+    enabled, so nothing is read again.
+    """
+    meta = Device._meta
+    set_fields = [meta.get_field(name) for name in ("state", *changes, "updated_at")]
+    assignments = ", ".join(f"{quote(field.column)} = %s" for field in set_fields)  # type: ignore[union-attr]
+    conditions = [f"{quote(meta.pk.column)} = %s", f"{column(Device, 'state')} IN ({', '.join(['%s'] * len(sources))})"]
+    where_fields = []
+    for lookup, compare in where:
+        name, _, operator = lookup.partition("__")
+        field = meta.get_field(name)
+        if compare == "value":
+            conditions.append(f"{quote(field.column)} {_OPERATORS[operator or 'exact']} %s")  # type: ignore[union-attr]
+            where_fields.append(field)
+        else:
+            conditions.append(f"{quote(field.column)} IS {compare.upper()}")  # type: ignore[union-attr]
+    device = table(Device)
+    certificate_id = (
+        f"(SELECT {column(Certificate, 'certificate_id')} FROM {table(Certificate)} "  # noqa: S608
+        f"WHERE {column(Certificate, 'id')} = {device}.{{}})"
+    )
+    returning = [
+        selection(Device).sql,
+        f"(SELECT {column(Product, 'name')} FROM {table(Product)} "  # noqa: S608
+        f"WHERE {column(Product, 'id')} = {device}.{column(Device, 'product')})",
+        certificate_id.format(column(Device, "current_certificate")),
+        certificate_id.format(column(Device, "pending_certificate")),
+    ]
+    if webhooks:
+        enabled = column(WebhookEndpoint, "enabled")
+        returning.append(f"EXISTS (SELECT 1 FROM {table(WebhookEndpoint)} WHERE {enabled} = %s)")  # noqa: S608
+    sql = (
+        f"UPDATE {device} SET {assignments}, {column(Device, 'version')} = {column(Device, 'version')} + 1 "  # noqa: S608
+        f"WHERE {' AND '.join(conditions)} RETURNING {', '.join(returning)}"
+    )
+    return sql, tuple(set_fields), tuple(where_fields)
+
+
+def _carry_related(device: Device, before: Device) -> None:
+    """Give `device` the related objects the caller already holds, where it still points at the same rows."""
+    for name in ("product", "current_certificate", "pending_certificate"):
+        field = Device._meta.get_field(name)
+        if field.is_cached(before) and getattr(before, field.attname) == getattr(device, field.attname):  # type: ignore[union-attr]
+            field.set_cached_value(device, field.get_cached_value(before))  # type: ignore[union-attr]
+
+
 def device_transition(
     device_pk: int,
     *,
@@ -105,23 +189,73 @@ def device_transition(
     where: dict[str, Any] | None = None,
     changes: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
+    before: Device | None = None,
 ) -> Device | None:
     """Move one device along `action` of the lifecycle, or return None when it is no longer where it was.
 
     The UPDATE is conditional on the action's source states and on `where` (a claim id, a token digest,
-    the current certificate …), so two requests can never both win it, on SQLite and PostgreSQL alike.
-    `changes` are the other columns it sets; `updated_at` and `version` always move. The audit event
-    (`kind`, `data`) and the outbox row are written in the same transaction. Returns the device as it is
-    now, read back with its product and current certificate.
+    the current certificate …; a field name, optionally with `__gt`, `__gte`, `__lt`, `__lte` or
+    `__isnull`), so two requests can never both win it, on SQLite and PostgreSQL alike. `changes` are the
+    other columns it sets (values or related objects); `updated_at` and `version` always move. The
+    audit event (`kind`, `data`), the outbox row and the webhook deliveries are written in the same
+    transaction.
+
+    Returns the device as the UPDATE left it (one statement: UPDATE … RETURNING). Its product and
+    certificates are those of `before` (the caller's copy, read before this change) where the device
+    still points at the same rows; otherwise they are read when first used. Pass `before` only when this
+    transaction did not change those rows.
     """
     transition = LIFECYCLE[action]
-    with transaction.atomic():
-        updated = Device.objects.filter(pk=device_pk, state__in=transition.sources, **(where or {})).update(
-            state=transition.target, version=F("version") + 1, updated_at=timezone.now(), **(changes or {})
-        )
-        if updated != 1:
+    where, changes = where or {}, changes or {}
+    webhooks = kind in EVENT_TYPES_BY_AUDIT_KIND
+    sql, set_fields, where_fields = _transition_sql(
+        connection.vendor,
+        transition.sources,
+        tuple((lookup, _comparison(lookup, value)) for lookup, value in where.items()),
+        tuple(changes),
+        webhooks,
+    )
+    now = timezone.now()
+    values = [transition.target, *changes.values(), now]
+    compared = [value for lookup, value in where.items() if _comparison(lookup, value) == "value"]
+    params = [
+        *(_db_value(field, value) for field, value in zip(set_fields, values, strict=True)),
+        device_pk,
+        *transition.sources,
+        *(_db_value(field, value) for field, value in zip(where_fields, compared, strict=True)),
+        *([True] if webhooks else []),
+    ]
+    columns = selection(Device)
+    # No savepoint of its own: a transition that fails raises, and the caller's transaction rolls back.
+    with transaction.atomic(savepoint=False):
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+        if len(rows) != 1:
             return None
-        return record_device_change(device_pk, kind=kind, actor=actor, client_address=client_address, **(data or {}))
+        row = rows[0]
+        device: Device = columns.instance(row[: columns.width])
+        product, certificate_id, pending_certificate_id, *enabled = row[columns.width :]
+        events_record(
+            [NewEvent(kind=kind, actor=actor, serial=device.serial, client_address=client_address, data=data or {})],
+            subjects={device.serial: Subject(thing_name=device.thing_name, product=product)},
+            endpoints_enabled=bool(enabled and enabled[0]),
+        )
+        item = association_item(
+            serial=device.serial,
+            state=device.state,
+            version=device.version,
+            product=product,
+            thing_name=device.thing_name,
+            token_digest=device.token_digest,
+            last_request_at=device.last_request_at,
+            certificate_id=certificate_id,
+            pending_certificate_id=pending_certificate_id,
+        )
+        outbox_insert([item], now=now)
+    if before is not None:
+        _carry_related(device, before)
+    return device
 
 
 def devices_transition_many(

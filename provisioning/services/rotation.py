@@ -26,7 +26,7 @@ from ..audit import audit_append
 from ..crypto import ValidatedCsr, certificate_fingerprint
 from ..models import AuditKind, Certificate, CertificateStatus, Device, DeviceAction, KeyOrigin, ProofJti
 from ..proofs import CONFIRM_AUDIENCE, ROTATE_AUDIENCE, ProofInvalid, proof_verify, same_public_key
-from ..selectors import device_get
+from ..selectors import certificate_ids_of, device_get
 from .common import DEVICE_ACTOR, SYSTEM_ACTOR, ServiceError, device_transition
 from .vending import (
     BUSY_RETRY_AFTER,
@@ -200,6 +200,7 @@ def _claim(
         actor=actor,
         client_address=client_address,
         data=data,
+        before=device,
     )
     if claimed is None:
         latest = device_get(serial=device.serial)
@@ -237,7 +238,7 @@ def _issue(
     replaced = device.pending_certificate
     shape = provision_shape(device)
     policy_name = str(shape["policy_name"])
-    known = frozenset(Certificate.objects.filter(device=device).values_list("certificate_id", flat=True))
+    known = certificate_ids_of(device_pk=device.pk)
     try:
         # Everything else the thing holds (a pending certificate this rotation replaces, strays) is
         # revoked before the new certificate is activated; the current one stays ACTIVE.

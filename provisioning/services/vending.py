@@ -22,8 +22,9 @@ from .. import aws
 from ..audit import NewEvent, audit_append
 from ..crypto import ValidatedCsr, amazon_root_ca_pem, certificate_fingerprint, token_matches
 from ..models import AuditKind, Certificate, CertificateStatus, Device, DeviceAction, DeviceState, KeyOrigin
+from ..prepared import insert
 from ..proofs import same_public_key
-from ..selectors import device_get, refusals_in_window
+from ..selectors import certificate_ids_of, device_get, refusals_in_window
 from .common import DEVICE_ACTOR, SYSTEM_ACTOR, device_transition, events_record
 from .webhooks import Subject
 
@@ -202,6 +203,7 @@ def certificate_vend(*, serial: str, token: str, csr: ValidatedCsr | None, clien
         actor=DEVICE_ACTOR,
         client_address=client_address,
         data={"key_origin": KeyOrigin.CSR if csr else KeyOrigin.AWS},
+        before=device,
     )
     if claimed is None:
         # Another request got there first: it is either still talking to AWS or has finished.
@@ -330,7 +332,7 @@ def _issue_claimed(
     thing_name = device.thing_name
     shape = provision_shape(device)
     policy_name = str(shape["policy_name"])
-    known = frozenset(Certificate.objects.filter(device=device).values_list("certificate_id", flat=True))
+    known = certificate_ids_of(device_pk=device.pk)
     try:
         new = aws.certificate_provision(
             thing_name=thing_name,
@@ -432,7 +434,7 @@ def _record_issued_once(
     public_key_pem: str,
 ) -> bool:
     with transaction.atomic():
-        certificate = Certificate.objects.create(
+        certificate = Certificate(
             public_key_pem=public_key_pem,
             certificate_pem=new.certificate_pem,
             policy_name=device.product.policy_name,
@@ -445,6 +447,7 @@ def _record_issued_once(
             issued_at=now,
             issued_to_address=client_address,
         )
+        insert(certificate)
         owned = device_transition(
             device.pk,
             action=DeviceAction.ISSUE,
@@ -480,7 +483,7 @@ def claim_is_stale(device: Device, now: datetime) -> bool:
 
 def unknown_thing_certificates(device: Device) -> list[aws.CertificateInfo]:
     """Certificates AWS IoT holds on the device's thing that the database never recorded."""
-    known = set(Certificate.objects.filter(device=device).values_list("certificate_id", flat=True))
+    known = certificate_ids_of(device_pk=device.pk)
     return [info for info in aws.thing_certificates(thing_name=device.thing_name) if info.certificate_id not in known]
 
 

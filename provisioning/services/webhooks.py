@@ -117,17 +117,22 @@ def event_body(*, event_type: str, event: NewEvent, subject: Subject, fields: Fi
 
 
 def webhook_events_queue(
-    events: Sequence[NewEvent], *, subjects: Mapping[str, Subject], now: datetime | None = None
+    events: Sequence[NewEvent],
+    *,
+    subjects: Mapping[str, Subject],
+    now: datetime | None = None,
+    endpoints_enabled: bool = True,
 ) -> int:
     """Queue a delivery to every subscribed endpoint for each event the audit events stand for.
 
     Call it inside the transaction of the change, after its audit events: the deliveries commit or
-    roll back with it. Returns how many deliveries were queued.
+    roll back with it. `endpoints_enabled` False: the caller saw, in this transaction, that no endpoint
+    is enabled (the endpoints are not read again). Returns how many deliveries were queued.
     """
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("webhook events must be written inside the transaction of the change they report")
     relevant = [event for event in events if event.kind in EVENT_TYPES_BY_AUDIT_KIND]
-    if not relevant:
+    if not relevant or not endpoints_enabled:
         return 0
     endpoints = list(WebhookEndpoint.objects.filter(enabled=True).only("id", "event_types"))
     if not endpoints:

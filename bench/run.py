@@ -283,36 +283,10 @@ def bench_burst(devices: int = 500, quota: float = 15.0) -> dict[str, Any]:
 # --- 4. bulk: import and tokens for 100,000 serials ---------------------------------------------------
 
 
-def timed_command(env: dict[str, str], *args: str) -> tuple[float, float]:
-    """Wall time and peak RSS (MiB) of one management command in its own process."""
-    started = time.perf_counter()
-    process = subprocess.Popen([PYTHON, "manage.py", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.perf_counter() - started
-    if status != 0:
-        raise RuntimeError(f"{args[0]} failed")
-    return elapsed, usage.ru_maxrss / 1024
-
-
 def bench_bulk(count: int = 100_000) -> dict[str, Any]:
-    env = fresh_env("bulk")
-    source = WORK / "bulk.csv"
-    source.write_text("serial,product\n" + "".join(f"BULK-{i:06d},meter\n" for i in range(count)))
-    import_seconds, import_mib = timed_command(env, "import_serials", str(source))
-    tokens_seconds, tokens_mib = timed_command(env, "issue_tokens", "--all-registered", "--out", str(WORK / "t.csv"))
-    return {
-        "name": "bulk",
-        "figures": {
-            "serials": count,
-            "import_serials s": import_seconds,
-            "import_serials peak RSS MiB": import_mib,
-            "issue_tokens s": tokens_seconds,
-            "issue_tokens peak RSS MiB": tokens_mib,
-        },
-        "target": "each <= 10 s (process start included)",
-        "met": import_seconds <= 10 and tokens_seconds <= 10,
-        "env": env,
-    }
+    from bench.bulk import bench_bulk as bulk_on_both_databases
+
+    return bulk_on_both_databases(fresh_env("bulk"), WORK, count)
 
 
 # --- 5. admin: changelists with 100,000 devices and 1,000,000 audit events -----------------------------

@@ -19,9 +19,9 @@ from django.db import connection
 from django.db.models import Model
 
 BATCH = 5000
-# SQLite's page cache for a bulk write, in KiB (a negative cache_size is KiB). The default 2 MiB cannot hold
-# the index pages 100,000 rows touch, so SQLite spills and reads them again; the cache is memory of this
-# connection only, taken as pages are used.
+# SQLite's page cache for a bulk write (BATCH rows or more), in KiB (a negative cache_size is KiB). The
+# default 2 MiB cannot hold the index pages 100,000 rows touch, so SQLite spills and reads them again; the
+# cache is memory of this connection only, taken as pages are used.
 SQLITE_BULK_CACHE_KIB = 256 * 1024
 
 
@@ -62,6 +62,8 @@ def _executemany_rows(cursor: Any, sql: str, rows: Iterable[Sequence[Any]]) -> i
     for row in rows:
         batch.append(row)
         if len(batch) == BATCH:
+            if not count:  # a bulk write: only then is the larger page cache worth its memory
+                _sqlite_bulk_cache(cursor)
             cursor.executemany(sql, batch)
             count += len(batch)
             batch = []
@@ -77,7 +79,6 @@ def insert_rows(model: type[Model], columns: Sequence[str], rows: Iterable[Seque
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             return _copy_rows(cursor, table, names, rows)
-        _sqlite_bulk_cache(cursor)
         # Table and column names come from the model; every value is a parameter.
         sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join(['%s'] * len(columns))})"  # noqa: S608
         return _executemany_rows(cursor, sql, rows)
@@ -99,7 +100,6 @@ def rows_table(model: type[Model], columns: Sequence[str], rows: Iterable[Sequen
             _copy_rows(cursor, "bulk_rows", names, rows)
             cursor.execute("ANALYZE bulk_rows")  # so the planner joins 100,000 rows by hash, not by loop
         else:
-            _sqlite_bulk_cache(cursor)
             insert = f"INSERT INTO bulk_rows ({names}) VALUES ({', '.join(['%s'] * len(columns))})"  # noqa: S608
             _executemany_rows(cursor, insert, rows)
             # SQLite joins by nested loops: without an index on the first column, a join against

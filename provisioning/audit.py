@@ -128,12 +128,21 @@ def audit_append_many(events: list[NewEvent]) -> int:
     if not events:
         return 0
     stamp = db_datetime(timezone.now())
-    # Plain executemany: imports and token runs append one event per device, 100,000 at a time.
+    # Imports and token runs append one event per device, 100,000 at a time, most sharing one `data`
+    # dict: each distinct dict is encoded once.
+    encoded: dict[int, str] = {}
+
+    def data_json(data: dict[str, Any]) -> str:
+        text = encoded.get(id(data))
+        if text is None:
+            text = encoded[id(data)] = _data_json(data)
+        return text
+
     return insert_rows(
         AuditEvent,
         ["created_at", "kind", "actor", "serial", "client_address", "data", "prev_hash", "hash"],
         (
-            (stamp, event.kind, event.actor, event.serial, event.client_address, _data_json(event.data), "", "")
+            (stamp, event.kind, event.actor, event.serial, event.client_address, data_json(event.data), "", "")
             for event in events
         ),
     )
@@ -208,8 +217,11 @@ def _chain_rows(params: list[tuple[int, str, str, int]]) -> int:
             values = ", ".join(["(%s::bigint, %s, %s, %s::bigint)"] * len(rows))
             cursor.execute(
                 f"UPDATE {table} AS e SET seq = v.seq, prev_hash = v.prev_hash, hash = v.hash "  # noqa: S608
-                f"FROM (VALUES {values}) AS v(seq, prev_hash, hash, id) WHERE e.id = v.id AND e.seq IS NULL",
-                [value for row in rows for value in row],
+                f"FROM (VALUES {values}) AS v(seq, prev_hash, hash, id) WHERE e.id = v.id AND e.seq IS NULL "
+                # The id range (a round's ids ascend) lets the unchained-events index find the rows; without
+                # it the planner reads every unchained event for each statement.
+                "AND e.id BETWEEN %s AND %s",
+                [*(value for row in rows for value in row), rows[0][3], rows[-1][3]],
             )
             changed += cursor.rowcount
     return changed

@@ -49,6 +49,12 @@ def token_digest(token: str) -> str:
     return hmac.new(_keys()[0], token.encode(), hashlib.sha256).hexdigest()
 
 
+def token_digests(tokens: list[str]) -> list[str]:
+    """`token_digest` of many tokens (a run of 100,000), the key read once."""
+    key = _keys()[0]
+    return [hmac.digest(key, token.encode(), "sha256").hex() for token in tokens]
+
+
 def token_matches(token: str, stored_digest: str) -> str | None:
     """Return the stored digest when `token` produces it under the current or a fallback key.
 

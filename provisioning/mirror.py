@@ -13,20 +13,20 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, transaction
+from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from . import aws
 from .bulk import chunks
-from .models import Device, DeviceState, DynamoOutbox
+from .models import Certificate, Device, DeviceState, DynamoOutbox, Product
 
 logger = logging.getLogger(__name__)
 
@@ -87,27 +87,36 @@ def device_association_item(device: Device) -> dict[str, Any]:
 
 
 # The fields association_item needs, as `values()` names them, for bulk changes that never build models.
-ASSOCIATION_VALUES = {
-    "serial": "serial",
-    "state": "state",
-    "version": "version",
-    "product": "product__name",
-    "thing_name": "thing_name",
-    "token_digest": "token_digest",
-    "last_request_at": "last_request_at",
-    "certificate_id": "current_certificate__certificate_id",
-    "pending_certificate_id": "pending_certificate__certificate_id",
-}
+# The device columns an item is made of, as an UPDATE … RETURNING of many devices gives them back.
+ASSOCIATION_COLUMNS = [
+    "serial", "state", "version", "product_id", "thing_name", "token_digest", "last_request_at",
+    "current_certificate_id", "pending_certificate_id",
+]  # fmt: skip
 
 
-def association_items(serials: list[str]) -> dict[str, dict[str, Any]]:
-    """Items for many devices at once, read without building model instances."""
-    names = list(ASSOCIATION_VALUES)
+def association_items_from_rows(rows: list[Sequence[Any]]) -> dict[str, dict[str, Any]]:
+    """Items for many devices from their ASSOCIATION_COLUMNS, by serial; product names and certificate
+    ids are read once for all of them."""
+    products = dict(Product.objects.filter(pk__in={row[3] for row in rows}).values_list("pk", "name"))
+    certificate_pks = sorted({pk for row in rows for pk in row[7:9] if pk is not None})
+    certificates: dict[int, str] = {}
+    for chunk in chunks(certificate_pks):
+        certificates.update(Certificate.objects.filter(pk__in=chunk).values_list("pk", "certificate_id"))
     items = {}
-    for chunk in chunks(serials):
-        for row in Device.objects.filter(serial__in=chunk).values_list(*ASSOCIATION_VALUES.values()):
-            item = association_item(**dict(zip(names, row, strict=True)))
-            items[item["productId"]] = item
+    for serial, state, version, product_pk, thing_name, digest, last_request_at, current, pending in rows:
+        if isinstance(last_request_at, str):  # SQLite gives a raw RETURNING value back as text
+            last_request_at = connection.ops.convert_datetimefield_value(last_request_at, None, connection)
+        items[serial] = association_item(
+            serial=serial,
+            state=state,
+            version=version,
+            product=products[product_pk],
+            thing_name=thing_name,
+            token_digest=digest,
+            last_request_at=last_request_at,
+            certificate_id=certificates.get(current),
+            pending_certificate_id=certificates.get(pending),
+        )
     return items
 
 

@@ -20,8 +20,12 @@ def tokens_csv(tokens: Iterable[IssuedToken]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(HEADER)
+    written: dict[datetime, str] = {}  # a run's tokens share one expiry: format it once
     for issued in tokens:
-        writer.writerow([issued.serial, issued.token, issued.expires_at.isoformat().replace("+00:00", "Z")])
+        expires = written.get(issued.expires_at)
+        if expires is None:
+            expires = written[issued.expires_at] = issued.expires_at.isoformat().replace("+00:00", "Z")
+        writer.writerow([issued.serial, issued.token, expires])
     return buffer.getvalue()
 
 

@@ -14,14 +14,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Model
 from django.utils import timezone
 
 from .. import aws
 from ..audit import NewEvent, audit_append, audit_append_many
-from ..bulk import db_datetime, db_json, insert_rows
-from ..mirror import association_item, association_items, device_association_item
+from ..bulk import db_datetime, db_json, insert_rows, rows_table
+from ..mirror import (
+    ASSOCIATION_COLUMNS,
+    association_item,
+    association_items_from_rows,
+    device_association_item,
+)
 from ..models import LIFECYCLE, Certificate, Device, DynamoOutbox, Product, WebhookEndpoint
 from ..prepared import column, quote, selection, table
 from .webhooks import EVENT_TYPES_BY_AUDIT_KIND, Subject, webhook_events_queue
@@ -59,8 +65,6 @@ class BatchOutcome:
 
 def issuing_advice(serial: str, then: str) -> str:
     """What to do about a device that is being issued a certificate right now: wait, then `then`."""
-    from django.conf import settings
-
     return (
         f"device {serial} is being issued a certificate right now; wait for it to finish "
         f"(at most {settings.CVM_CLAIM_TIMEOUT_SECONDS} s), then {then}"
@@ -69,8 +73,6 @@ def issuing_advice(serial: str, then: str) -> str:
 
 def thing_name_for(serial: str) -> str:
     """The thing name a serial gets when it is registered; afterwards `Device.thing_name` is the source."""
-    from django.conf import settings
-
     return f"{settings.CVM_THING_NAME_PREFIX}{serial}"
 
 
@@ -263,10 +265,11 @@ def devices_transition_many(
 ) -> int:
     """The same guarded transition for many devices at once (token runs of 100,000 serials).
 
-    `rows` are (serial, changes) with the same columns in every row. One `executemany` of the
-    conditional UPDATE; then one audit event per device and their outbox rows. Returns how many rows
-    changed: the caller rolls the transaction back when that is not all of them. Call it inside the
-    transaction.
+    `rows` are (serial, changes) with the same columns in every row. The rows go into a temporary table
+    and one conditional UPDATE … FROM it moves every device whose state still allows the action,
+    returning what the outbox items are made of; then one audit event per device and their outbox rows.
+    Returns how many rows changed: the caller rolls the transaction back when that is not all of them.
+    Call it inside the transaction.
     """
     if not rows:
         return 0
@@ -274,24 +277,28 @@ def devices_transition_many(
     columns = list(rows[0][1])
     quote = connection.ops.quote_name
     table = quote(Device._meta.db_table)  # from the model; every value below is a parameter
-    assignments = ", ".join(f"{quote(column)} = %s" for column in ["state", *columns, "updated_at"])
-    states = ", ".join(["%s"] * len(transition.sources))
-    sql = (
-        f"UPDATE {table} SET {assignments}, version = version + 1 "  # noqa: S608
-        f"WHERE serial = %s AND state IN ({states})"
+    assignments = ", ".join(
+        [
+            f"{quote('state')} = %s",
+            *(f"{quote(c)} = bulk_rows.{quote(c)}" for c in columns),
+            f"{quote('updated_at')} = %s",
+        ]
     )
-    stamp = db_datetime(now)
-    params = [
-        (transition.target, *(changes[column] for column in columns), stamp, serial, *transition.sources)
-        for serial, changes in rows
-    ]
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, params)
-        updated = cursor.rowcount
-    if updated != len(rows):
-        return updated
+    states = ", ".join(["%s"] * len(transition.sources))
+    returning = ", ".join(f"{table}.{quote(column)}" for column in ASSOCIATION_COLUMNS)
+    sql = (
+        f"UPDATE {table} SET {assignments}, {quote('version')} = {table}.{quote('version')} + 1 "  # noqa: S608
+        f"FROM bulk_rows WHERE {table}.{quote('serial')} = bulk_rows.{quote('serial')} "
+        f"AND {table}.{quote('state')} IN ({states}) RETURNING {returning}"
+    )
+    values = ((serial, *(changes[column] for column in columns)) for serial, changes in rows)
+    with rows_table(Device, ["serial", *columns], values), connection.cursor() as cursor:
+        cursor.execute(sql, [transition.target, db_datetime(now), *transition.sources])
+        updated = cursor.fetchall()
+    if len(updated) != len(rows):
+        return len(updated)
+    items = association_items_from_rows(updated)
     serials = [serial for serial, _ in rows]
-    items = association_items(serials)
     events_record(
         [NewEvent(kind=kind, actor=actor, serial=serial, data=data) for serial in serials],
         subjects={
@@ -299,7 +306,7 @@ def devices_transition_many(
         },
     )
     outbox_insert([items[serial] for serial in serials], now=now)
-    return updated
+    return len(updated)
 
 
 def outbox_insert(items: list[dict], *, now: datetime) -> None:

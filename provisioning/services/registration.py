@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from ..audit import NewEvent
-from ..bulk import chunks, db_datetime, db_json, insert_rows
+from ..bulk import db_datetime, db_json, insert_rows, rows_table
 from ..mirror import association_item
 from ..models import AuditKind, Device, DeviceState, Product
 from ..validators import (
@@ -178,23 +178,22 @@ def devices_import(
         Product.objects.bulk_create(missing)
         product_ids = dict(Product.objects.filter(name__in=product_names).values_list("name", "id"))
 
-        known: set[str] = set()
-        for chunk in chunks([row.serial for row in rows]):
-            known.update(Device.objects.filter(serial__in=chunk).values_list("serial", flat=True))
+        known = _known_serials([row.serial for row in rows])
         new_rows = [row for row in rows if row.serial not in known]
         stamp = db_datetime(now)
+        thing_names = {row.serial: thing_name_for(row.serial) for row in new_rows}
+        # One audit data dict per product, so the audit log encodes each once (audit_append_many).
+        registered = {name: {"product": name} for name in product_names}
         insert_rows(
             Device,
             ["serial", "product_id", "state", "token_digest", "thing_name", "attributes", "aws_cleanup_pending",
              "version", "created_at", "updated_at", "import_batch_id"],
-            ((row.serial, product_ids[row.product], DeviceState.REGISTERED, "", thing_name_for(row.serial),
+            ((row.serial, product_ids[row.product], DeviceState.REGISTERED, "", thing_names[row.serial],
               db_json(row.attributes), False, 1, stamp, stamp, batch) for row in new_rows),
         )  # fmt: skip
         events_record(
             [
-                NewEvent(
-                    kind=AuditKind.DEVICE_REGISTERED, actor=actor, serial=row.serial, data={"product": row.product}
-                )
+                NewEvent(kind=AuditKind.DEVICE_REGISTERED, actor=actor, serial=row.serial, data=registered[row.product])
                 for row in new_rows
             ]
             + [
@@ -209,22 +208,30 @@ def devices_import(
                     },
                 )
             ],
-            subjects={
-                row.serial: Subject(thing_name=thing_name_for(row.serial), product=row.product) for row in new_rows
-            },
+            subjects={row.serial: Subject(thing_name=thing_names[row.serial], product=row.product) for row in new_rows},
         )
         # New devices are all alike but for serial, product and thing name: their items need no query.
         outbox_insert(
             [
                 association_item(
                     serial=row.serial, state=DeviceState.REGISTERED, version=1, product=row.product,
-                    thing_name=thing_name_for(row.serial), token_digest="", last_request_at=None, certificate_id=None,
+                    thing_name=thing_names[row.serial], token_digest="", last_request_at=None, certificate_id=None,
                 )
                 for row in new_rows
             ],
             now=now,
         )  # fmt: skip
     return ImportReport(created=len(new_rows), already_known=len(known), products_created=len(missing))
+
+
+def _known_serials(serials: list[str]) -> set[str]:
+    """Which of `serials` are registered already: one join against them, not a query per chunk."""
+    if len(serials) <= 900:
+        return set(Device.objects.filter(serial__in=serials).values_list("serial", flat=True))
+    device = connection.ops.quote_name(Device._meta.db_table)
+    with rows_table(Device, ["serial"], ((serial,) for serial in serials)), connection.cursor() as cursor:
+        cursor.execute(f"SELECT {device}.serial FROM {device} JOIN bulk_rows ON bulk_rows.serial = {device}.serial")  # noqa: S608
+        return {serial for (serial,) in cursor.fetchall()}
 
 
 def device_register(*, serial: str, product_name: str, actor: str) -> Device:

@@ -154,7 +154,22 @@ def portal(children: Children, env: dict[str, str], *, workers: int, threads: in
     port = free_port()
     command = gunicorn_command(f"127.0.0.1:{port}", tls=tls, workers=workers, threads=threads)
     wait_for_port(port, what="the portal", process=children.start("portal", command, env=env))
-    return f"https://127.0.0.1:{port}", tls.ca_cert
+    url = f"https://127.0.0.1:{port}"
+    wait_for_workers(url, tls.ca_cert, workers)
+    return url, tls.ca_cert
+
+
+def wait_for_workers(url: str, ca: Path, workers: int, timeout: float = 60.0) -> None:
+    """Until every gunicorn worker answers: the master listens long before its workers have loaded Django,
+    and a benchmark that starts then measures the boot. Each worker's /metrics (loopback may read it)
+    names its own process start time; one new connection at a time reaches any worker."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < workers:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(seen)} of {workers} workers answered within {timeout:.0f} s")
+        text = session(ca).get(url + "/metrics", timeout=30).text
+        seen.update(line for line in text.splitlines() if line.startswith("process_start_time_seconds"))
 
 
 def session(ca: Path) -> Any:
@@ -200,10 +215,15 @@ def bench_stages() -> dict[str, Any]:
         }
 
 
-# --- 3. burst: 500 devices at once against a 15 TPS quota -------------------------------------------
+# --- 3. burst: 300 devices at once against a 15 TPS quota, a small server ------------------------------
+
+BURST_APIS = ("CreateThing", "CreateKeysAndCertificate", "ListThingPrincipals", "AttachPolicy",
+              "AttachThingPrincipal", "UpdateCertificate")  # fmt: skip
 
 
-def bench_burst(devices: int = 500, quota: float = 15.0) -> dict[str, Any]:
+def bench_burst(
+    devices: int = 300, quota: float = 15.0, clients: int = 100, workers: int = 2, threads: int = 8
+) -> dict[str, Any]:
     with Children() as children:
         import redis
 
@@ -211,18 +231,13 @@ def bench_burst(devices: int = 500, quota: float = 15.0) -> dict[str, Any]:
         fake_port = free_port()
         # The governor is set a little under the account's quota (96 %), as it should be in production:
         # the two clocks never tick exactly together, and a call that lands early is throttled.
-        rates = ",".join(
-            f"{op}={quota * 0.96}"
-            for op in ("default", "CreateThing", "CreateKeysAndCertificate", "AttachPolicy", "AttachThingPrincipal",
-                       "UpdateCertificate", "DescribeEndpoint")
-        )  # fmt: skip
+        rates = ",".join(f"{op}={quota * 0.96}" for op in ("default", *BURST_APIS, "DescribeEndpoint"))
         env = fresh_env(
             "burst",
             AWS_ENDPOINT_URL_IOT=f"http://127.0.0.1:{fake_port}",
             AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:9",
             CACHE_URL="redis://127.0.0.1:6379/14",
             CVM_AWS_RATES=rates,
-            CVM_AWS_QUEUE_SECONDS="5",
         )
         fake = children.start(
             "fake AWS IoT",
@@ -231,8 +246,9 @@ def bench_burst(devices: int = 500, quota: float = 15.0) -> dict[str, Any]:
         )
         wait_for_port(fake_port, what="the fake AWS IoT", process=fake)
         tokens = devices_with_tokens(env, "BST", devices)
-        url, ca = portal(children, env, workers=2, threads=32)
+        url, ca = portal(children, env, workers=workers, threads=threads)
         statuses: dict[int, int] = {}
+        retry_afters: list[float] = []
         done_at: list[float] = []
         lock = threading.Lock()
 
@@ -249,34 +265,50 @@ def bench_burst(devices: int = 500, quota: float = 15.0) -> dict[str, Any]:
                     return
                 if response.status_code not in (409, 429, 503):
                     raise AssertionError(f"{serial}: {response.status_code} {response.text}")
-                time.sleep(min(10.0, float(response.headers.get("Retry-After", "1"))))
+                retry_after = float(response.headers.get("Retry-After", "1"))
+                with lock:
+                    retry_afters.append(retry_after)
+                time.sleep(min(10.0, retry_after))
 
         started = time.monotonic()
-        with ThreadPoolExecutor(100) as pool:
+        with ThreadPoolExecutor(clients) as pool:
             list(pool.map(device, tokens.items()))
-        elapsed = max(done_at) - started
-        rate = len(done_at) / elapsed
-        # Sustained: the steady middle of the run, between the 10th and the 90th percent of devices done,
-        # leaving out the ramp-up (connections, first bursts) and the tail (the last stragglers' retries).
         finished = sorted(done_at)
+        elapsed = finished[-1] - started
+        rate = len(finished) / elapsed
+        # The steady middle of the run, between the 10th and the 90th percent of devices done.
         low, high = finished[len(finished) // 10], finished[(len(finished) * 9) // 10]
         sustained = (len(finished) * 0.8) / (high - low)
         stats = session(ca).get(f"http://127.0.0.1:{fake_port}/stats", timeout=5).json()
+        calls = sum(stats["calls"].values())
+        throttled = sum(stats["throttled"].values())
+        share = rate / quota
         return {
             "name": "burst",
             "figures": {
                 "devices": devices,
-                "provisioned": len(done_at),
-                "seconds": elapsed,
+                "provisioned": len(finished),
+                "seconds, first request to last certificate": elapsed,
+                "first certificate after s": finished[0] - started,
+                "last 10 % of devices took s": finished[-1] - finished[(len(finished) * 9) // 10],
                 "issuance per s, whole run": rate,
                 "issuance per s, sustained (10 %-90 % of devices)": sustained,
-                "quota per s": quota,
-                "sustained share of quota %": 100 * sustained / quota,
+                "quota per s (per API)": quota,
+                "whole-run share of quota": share,
                 "answers": dict(sorted(statuses.items())),
-                "AWS throttles": sum(stats["throttled"].values()),
+                "Retry-After given: count, median, max s": (
+                    f"{len(retry_afters)}, {statistics.median(retry_afters) if retry_afters else 0:g}, "
+                    f"{max(retry_afters, default=0):g}"
+                ),
+                "AWS IoT calls": calls,
+                "AWS throttles (% of calls)": f"{throttled} ({100 * throttled / max(1, calls):.1f} %)",
             },
-            "target": ">= 90 % of the quota sustained, every device provisioned, no error but 429/503",
-            "met": len(done_at) == devices and sustained >= 0.9 * quota and set(statuses) <= {201, 409, 429, 503},
+            "target": ">= 0.9 x quota over the whole run, <= 5 % throttled, every device provisioned, "
+            "no error but 409/429/503",
+            "met": len(finished) == devices
+            and share >= 0.9
+            and throttled <= 0.05 * calls
+            and set(statuses) <= {201, 409, 429, 503},
         }
 
 
@@ -427,9 +459,10 @@ DESCRIPTIONS = {
     "stages": "Sequential vends over HTTPS through gunicorn (1 worker, 8 threads) against a fake AWS IoT that "
     "adds 50 ms to every call. Three dependent stages: create (thing and certificate concurrently), attach "
     "(policy and thing concurrently), activate.",
-    "burst": "500 devices at once (100 concurrent clients) through gunicorn (2 workers x 32 threads) against a "
-    "fake AWS IoT that allows 15 calls/s per API and throttles beyond (20 ms per call). The governor shares a "
-    "14.4/s schedule per API (96 % of the quota) through Redis; devices retry on 409/429/503 after `Retry-After`.",
+    "burst": "300 devices at once (100 concurrent clients honouring `Retry-After`) through gunicorn (2 workers x 8 "
+    "threads, started and every worker answering before the first device) against a fake AWS IoT that allows 15 "
+    "calls/s per API and throttles beyond (20 ms per call). The governor shares a 14.4/s schedule per API (96 % "
+    "of the quota) through Redis. Whole run = devices / (first request to last certificate).",
     "bulk": "`import_serials` of 100,000 serials, then `issue_tokens --all-registered` for all of them, each a "
     "separate process (start-up included); peak resident memory of that process.",
     "admin": "Server time (median of 5, in-process test client) and query count of admin changelists as a "
@@ -451,8 +484,12 @@ NOTES: dict[str, str] = {
     "ratio, is what a device sees, and it is small beside AWS IoT's own latency (see `stages`).",
     "stages": "The three AWS stages account for 150 ms; the rest is the portal's own work per vend (see "
     "`overhead`), TLS and HTTP through gunicorn, and botocore building and parsing five requests.",
-    "burst": "No device saw an error; every retry honoured `Retry-After`. The whole-run rate includes the "
-    "start (100 TLS handshakes, the first bursts) and the tail.",
+    "burst": "The ceiling: a vend calls each of its six APIs once (CreateThing, CreateKeysAndCertificate, "
+    "ListThingPrincipals, AttachPolicy, AttachThingPrincipal, UpdateCertificate; DescribeEndpoint once per "
+    "process), and the quota is per API, so no schedule can issue more than 15 vends/s for long: 1.0 x quota. "
+    "Over a whole run of 300 the first second's burst adds a little (AWS's bucket starts full) and three "
+    "dependent AWS round trips take a little: with the governor at 96 %, (300 - 14.4) / 14.4 s + ~0.1 s = 19.9 s, "
+    "about 1.0 x quota.",
     "bulk": "Both commands write one row per device to three tables (device, audit event, outbox) in one "
     "transaction, through plain `executemany`; the audit events are hash-chained one after another. Not met: "
     "a profile of the import puts about a third of the time in SQLite's inserts and index upkeep, a third in "

@@ -43,10 +43,11 @@ def fill(events: int, now: datetime.datetime) -> None:
         insert_rows(
             Certificate,
             ["device_id", "certificate_id", "arn", "fingerprint_sha256", "key_origin", "status", "thing_name",
-             "issued_at", "revoked_by", "revoked_reason"],
+             "issued_at", "revoked_by", "revoked_reason", "public_key_pem", "certificate_pem"],
             (
                 (pk, hashlib.sha256(serial.encode()).hexdigest(), "arn:aws:iot:us-east-1:1:cert/x",
-                 hashlib.sha256(b"f" + serial.encode()).hexdigest(), "csr", "active", serial, db_datetime(now), "", "")
+                 hashlib.sha256(b"f" + serial.encode()).hexdigest(), "csr", "active", serial, db_datetime(now), "", "",
+                 "", "")
                 for pk, serial in ids
             ),
         )  # fmt: skip

@@ -622,10 +622,11 @@ NOTES: dict[str, str] = {
     "(0.58 at load 10); workers that warm up before their first request (`cvm_portal/wsgi.py`) to 0.97 and 0.88 "
     "(load 6 and 10), the first certificate after 0.7 to 0.9 s. What is left is CPU: at a load average of 10 "
     "or more on two cores the portal cannot keep 14.4 vends/s in flight, and the sustained rate falls below "
-    "the governor's. Crowded, before vends were admitted up front: 115 to 252 vends were turned away half-way, "
-    "so each certificate cost 1.12 to 1.20 calls of CreateKeysAndCertificate, CreateThing, ListThingPrincipals "
-    "and UpdateCertificate (undoing a certificate calls UpdateCertificate too) and the whole run was 0.75 x "
-    "quota; now every refusal comes before the claim and each certificate costs 1.00 to 1.01 calls per API.",
+    "the governor's. Crowded, before vends were admitted up front (115 to 252 answers 503, at load 10 to 16): "
+    "vends turned away half-way made each certificate cost 1.12 to 1.20 calls of CreateKeysAndCertificate, "
+    "CreateThing, ListThingPrincipals and UpdateCertificate (undoing a certificate calls UpdateCertificate too), "
+    "and the whole run was 0.75 x quota. Now a vend is turned away before its claim, and each certificate costs "
+    "1.00 to 1.01 calls per API.",
     "bulk": "Both commands write one row per device to three tables (device, audit event, outbox) in one "
     "transaction, through plain `executemany`; the audit events are hash-chained one after another. Not met: "
     "a profile of the import puts about a third of the time in SQLite's inserts and index upkeep, a third in "
@@ -638,12 +639,14 @@ NOTES: dict[str, str] = {
     "the emulator's pace leaves behind; against DynamoDB, which takes thousands of writes per second, it "
     "is the worker's half-second poll.",
     "pg_throughput": "Each append locks the chain's head row (`SELECT ... FOR UPDATE`) and holds it until its "
-    "transaction commits, so appenders take turns through every commit's flush to disk: more workers make "
-    "appends slower, not faster, and a vend, which appends in both of its transactions, waits its turn twice. "
-    "With 16 processes on two cores a lock holder that loses its core makes every other appender wait for it, "
-    "which is the long tail of the time around an append. The unchained rows carry the same HMAC work and the "
-    "same row count, so the gap between the two vend figures is the cost of the chain's lock alone. Figures "
-    "from one round to the next move with the machine's load; the ratios come from the same rounds.",
+    "transaction commits, so appenders take turns through every commit's flush to disk: more workers add "
+    "waiting, not appends (the time around an append grows with them while appends/s hardly moves), and a vend, "
+    "which appends in both of its transactions, waits its turn twice. With 16 processes on two cores a lock "
+    "holder that loses its core makes every other appender wait for it: the long tail. The vends are bounded "
+    "by the two cores as much as by the lock (about 40 ms of CPU each, PostgreSQL's included), so at 4 and 16 "
+    "workers the rounds differ as much as the two ways of writing do: in two runs on 2026-11-29 the 16-worker "
+    "ratio was 0.66 (load 3 to 6) and 1.11 (load 4 to 7), the 4-worker one 0.78 and 0.73. The unchained rows "
+    "carry the same HMAC work and the same row count, so what separates the two is the chain's lock alone.",
 }
 
 BENCHES: dict[str, Callable[..., dict[str, Any]]] = {

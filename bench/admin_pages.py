@@ -43,10 +43,12 @@ def fill(events: int, now: datetime.datetime) -> None:
         insert_rows(
             Certificate,
             ["device_id", "certificate_id", "arn", "fingerprint_sha256", "key_origin", "status", "thing_name",
-             "issued_at", "revoked_by", "revoked_reason"],
+             "issued_at", "revoked_by", "revoked_reason", "public_key_pem", "certificate_pem",
+             "policy_name"],
             (
                 (pk, hashlib.sha256(serial.encode()).hexdigest(), "arn:aws:iot:us-east-1:1:cert/x",
-                 hashlib.sha256(b"f" + serial.encode()).hexdigest(), "csr", "active", serial, db_datetime(now), "", "")
+                 hashlib.sha256(b"f" + serial.encode()).hexdigest(), "csr", "active", serial, db_datetime(now), "", "",
+                 "", "", "")
                 for pk, serial in ids
             ),
         )  # fmt: skip
@@ -77,7 +79,7 @@ def measure(events: int) -> dict[str, Any]:
         "audit events": "/admin/provisioning/auditevent/",
         "audit events by kind": "/admin/provisioning/auditevent/?kind__exact=vend_refused",
         "audit events by serial": "/admin/provisioning/auditevent/?serial=BULK-000042",
-        "audit events, last 7 days": "/admin/provisioning/auditevent/?created_at__gte="
+        "audit events, last 7 days": "/admin/provisioning/auditevent/?created_at__from="
         + (now - datetime.timedelta(days=7)).date().isoformat(),
     }
     results = {}

@@ -3,8 +3,15 @@
 AWS IoT limits each API to a few calls per second per account (CreateKeysAndCertificate around 10,
 attach and update calls around 15). Past that it throttles, and a throttled call has already cost a
 request. The governor keeps the portal under the quota instead: each call reserves a slot with the
-generic cell rate algorithm (GCRA). If its slot is at most `CVM_AWS_QUEUE_SECONDS` away the call waits
-for it; otherwise nothing is reserved and the caller answers 503 with the honest `Retry-After`.
+generic cell rate algorithm (GCRA) and waits for it.
+
+A vend calls six APIs in three dependent stages. Turned away at the second stage, it has spent its
+first-stage slots for nothing and spends more undoing its certificate (UpdateCertificate, the activation's
+own API, among them), so a full schedule would cost more than one call per API per certificate. So a vend
+asks first (`admit`): only when every API it calls has a slot within `CVM_AWS_QUEUE_SECONDS` is the device
+claimed; otherwise it is answered 503 at once, with `Retry-After` saying when the busiest schedule will
+have room again. An admitted vend's calls then wait up to twice that for their slots rather than give up
+half-way; a call that would wait longer still is refused (`QuotaExhausted`).
 
 The state is one number per API (the theoretical arrival time). With `CACHE_URL` naming Redis it lives
 there, updated by one Lua script, so every worker of every instance shares one quota; otherwise it is
@@ -16,6 +23,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,6 +48,22 @@ return {1, wait}
 """
 
 
+# Atomically: the longest any of KEYS would wait for a slot now (ARGV: each key's tolerance), in
+# microseconds, reserving nothing.
+WAIT_LUA = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
+local waits = {}
+for i, key in ipairs(KEYS) do
+  local tat = tonumber(redis.call('GET', key) or now)
+  local wait = tat - tonumber(ARGV[i]) - now
+  if wait < 0 then wait = 0 end
+  waits[i] = wait
+end
+return waits
+"""
+
+
 @dataclass(frozen=True)
 class Decision:
     granted: bool
@@ -48,6 +72,8 @@ class Decision:
 
 class Backend(Protocol):
     def reserve(self, key: str, *, interval: float, tolerance: float, max_wait: float) -> Decision: ...
+
+    def waits(self, tolerances: dict[str, float]) -> dict[str, float]: ...
 
 
 class LocalBackend:
@@ -67,6 +93,12 @@ class LocalBackend:
             self._tat[key] = tat + interval
             return Decision(True, wait)
 
+    def waits(self, tolerances: dict[str, float]) -> dict[str, float]:
+        """How long a call of each key would wait for its slot now; reserves nothing."""
+        with self._lock:
+            now = time.monotonic()
+            return {key: max(0.0, self._tat.get(key, now) - tolerance - now) for key, tolerance in tolerances.items()}
+
 
 class RedisBackend:
     """One schedule per API shared by every process that talks to the same Redis."""
@@ -76,6 +108,7 @@ class RedisBackend:
 
         self._client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
         self._script = self._client.register_script(GCRA_LUA)
+        self._waits = self._client.register_script(WAIT_LUA)
 
     def reserve(self, key: str, *, interval: float, tolerance: float, max_wait: float) -> Decision:
         granted, wait = self._script(
@@ -83,6 +116,11 @@ class RedisBackend:
             args=[int(interval * 1e6), int(tolerance * 1e6), int(max_wait * 1e6)],
         )
         return Decision(bool(granted), int(wait) / 1e6)
+
+    def waits(self, tolerances: dict[str, float]) -> dict[str, float]:
+        keys = list(tolerances)
+        waits = self._waits(keys=[f"cvm:quota:{key}" for key in keys], args=[int(tolerances[k] * 1e6) for k in keys])
+        return {key: int(wait) / 1e6 for key, wait in zip(keys, waits, strict=True)}
 
 
 @functools.cache
@@ -103,21 +141,41 @@ def rate_for(operation: str) -> float:
     return rates.get(operation, rates.get("default", 10.0))
 
 
+def _tolerance(rate: float) -> float:
+    """How far ahead of the schedule a call may go: `CVM_AWS_BURST_SECONDS` worth of calls at once."""
+    burst = max(1.0, rate * settings.CVM_AWS_BURST_SECONDS)
+    return (burst - 1) / rate
+
+
+def admit(operations: Iterable[str]) -> None:
+    """Raise QuotaExhausted unless every one of `operations` has a slot within `CVM_AWS_QUEUE_SECONDS`.
+
+    Reserves nothing: each call still reserves its own slot when it is made. `retry_after` is when the
+    busiest schedule will have a slot that near again, so a device told to come back then is admitted
+    unless others took those slots first.
+    """
+    tolerances = {op: _tolerance(rate) for op in operations if (rate := rate_for(op)) > 0}
+    if not tolerances:
+        return
+    waits = backend().waits(tolerances)
+    busiest = max(waits, key=waits.__getitem__)
+    if waits[busiest] > settings.CVM_AWS_QUEUE_SECONDS:
+        raise QuotaExhausted(busiest, waits[busiest] - settings.CVM_AWS_QUEUE_SECONDS)
+
+
 def acquire(operation: str, *, sleep: Any = time.sleep) -> float:
-    """Wait for a slot of `operation`'s quota and return how long that took, or raise QuotaExhausted."""
+    """Wait for a slot of `operation`'s quota and return how long that took, or raise QuotaExhausted.
+
+    A call waits up to twice `CVM_AWS_QUEUE_SECONDS`: the vend it belongs to was admitted with its slots
+    at most that far away, and other admitted vends may have taken some since.
+    """
     rate = rate_for(operation)
     if rate <= 0:
         return 0.0
-    interval = 1.0 / rate
-    burst = max(1.0, rate * settings.CVM_AWS_BURST_SECONDS)
-    decision = backend().reserve(
-        operation,
-        interval=interval,
-        tolerance=(burst - 1) * interval,
-        max_wait=settings.CVM_AWS_QUEUE_SECONDS,
-    )
+    queue = settings.CVM_AWS_QUEUE_SECONDS
+    decision = backend().reserve(operation, interval=1.0 / rate, tolerance=_tolerance(rate), max_wait=2 * queue)
     if not decision.granted:
-        raise QuotaExhausted(operation, decision.wait)
+        raise QuotaExhausted(operation, decision.wait - queue)
     if decision.wait > 0:
         sleep(decision.wait)
     return decision.wait

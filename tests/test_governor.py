@@ -13,7 +13,7 @@ from django.test import override_settings
 
 import cvm_portal.settings
 from provisioning import governor
-from provisioning.models import AuditEvent, Device, DeviceState
+from provisioning.models import AuditEvent, AuditKind, Device, DeviceState
 from scripts.processes import port_in_use
 
 from .conftest import vend
@@ -78,6 +78,56 @@ def test_burst_is_allowed_then_calls_are_spaced():
     assert waits[3] > 0
 
 
+@override_settings(CVM_AWS_RATES={"default": 10.0}, CVM_AWS_BURST_SECONDS=0, CVM_AWS_QUEUE_SECONDS=0.3)
+def test_a_vend_is_admitted_only_when_every_api_it_calls_has_a_slot_soon(monkeypatch):
+    local = governor.LocalBackend()
+    monkeypatch.setattr(governor, "backend", lambda: local)
+    for _ in range(4):  # AttachPolicy's next slot is now 0.4 s away; CreateThing's is free
+        local.reserve("AttachPolicy", interval=0.1, tolerance=0.0, max_wait=1)
+
+    with pytest.raises(governor.QuotaExhausted) as refused:
+        governor.admit(["CreateThing", "AttachPolicy"])
+
+    assert refused.value.operation == "AttachPolicy"
+    assert 0.05 < refused.value.retry_after <= 0.1, "back when AttachPolicy has a slot within the queue"
+    assert local.waits({"CreateThing": 0.0}) == {"CreateThing": 0.0}, "a refused vend reserved nothing"
+    time.sleep(0.12)
+    governor.admit(["CreateThing", "AttachPolicy"])
+
+
+@override_settings(CVM_AWS_RATES={"default": 10.0}, CVM_AWS_BURST_SECONDS=0, CVM_AWS_QUEUE_SECONDS=0.2)
+def test_an_admitted_call_waits_up_to_twice_the_queue_rather_than_give_up_half_way(monkeypatch):
+    local = governor.LocalBackend()
+    monkeypatch.setattr(governor, "backend", lambda: local)
+    slept: list[float] = []
+
+    waits = [governor.acquire("AttachPolicy", sleep=slept.append) for _ in range(5)]
+
+    assert waits[-1] == pytest.approx(0.4, abs=0.02)
+    with pytest.raises(governor.QuotaExhausted) as refused:
+        governor.acquire("AttachPolicy", sleep=slept.append)
+    assert refused.value.retry_after == pytest.approx(0.3, abs=0.02)
+
+
+@pytest.mark.skipif(not port_in_use(6379), reason="no Redis on 127.0.0.1:6379")
+def test_redis_tells_the_wait_of_several_schedules_at_once_without_reserving():
+    import redis
+
+    redis.Redis().delete("cvm:quota:WaitA", "cvm:quota:WaitB")
+    backend = governor.RedisBackend("redis://127.0.0.1:6379/0")
+    for _ in range(3):
+        backend.reserve("WaitA", interval=0.1, tolerance=0.0, max_wait=5)
+
+    first = backend.waits({"WaitA": 0.0, "WaitB": 0.0})
+    second = backend.waits({"WaitA": 0.05, "WaitB": 0.0})
+
+    assert 0.25 < first["WaitA"] <= 0.3
+    assert first["WaitB"] == 0
+    assert second["WaitA"] < first["WaitA"] - 0.04, "the tolerance lets a call go that much earlier"
+    assert backend.reserve("WaitB", interval=0.1, tolerance=0.0, max_wait=5).wait == 0, "nothing was reserved"
+    redis.Redis().delete("cvm:quota:WaitA", "cvm:quota:WaitB")
+
+
 @pytest.mark.skipif(not port_in_use(6379), reason="no Redis on 127.0.0.1:6379")
 def test_two_instances_share_one_schedule_through_redis():
     import redis
@@ -108,6 +158,9 @@ def test_a_burst_beyond_the_quota_is_answered_503_with_retry_after_and_keeps_the
     assert 15 <= int(response["Retry-After"]) <= 21, "the next slot is 20 s away at 0.05 calls/s"
     assert Device.objects.get(serial=second.serial).state == DeviceState.TOKEN_ISSUED
     assert len(aws_mock.all_certificates()) == 1, "the refused vend made no AWS call"
+    assert not AuditEvent.objects.filter(serial=second.serial, kind=AuditKind.VEND_CLAIMED).exists(), (
+        "it was turned away before the device was claimed"
+    )
 
 
 @pytest.mark.django_db

@@ -143,6 +143,16 @@ def iot(operation: str, /, *, expected: frozenset[str] = frozenset(), **kwargs: 
     return call(operation, getattr(iot_client(), xform_name(operation)), expected=expected, **kwargs)
 
 
+def iot_admit(operations: list[str]) -> None:
+    """Raise AwsUnavailable ("QuotaExhausted") unless the quota governor has a slot soon for each of
+    `operations` (AWS IoT API names); reserves nothing and calls nothing."""
+    try:
+        governor.admit(operations)
+    except governor.QuotaExhausted as exc:
+        metrics.AWS_QUOTA_REFUSALS.labels(exc.operation).inc()
+        raise AwsUnavailable("QuotaExhausted", exc.operation, max(1, math.ceil(exc.retry_after))) from None
+
+
 def s3(operation: str, /, *, expected: frozenset[str] = frozenset(), **kwargs: Any) -> Any:
     """An S3 call by its API name (audit anchors only)."""
     return call(operation, getattr(s3_client(), xform_name(operation)), expected=expected, **kwargs)

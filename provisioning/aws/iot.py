@@ -18,6 +18,7 @@ from .clients import (
     call,
     executor,
     iot,
+    iot_admit,
     iot_probe_client,
 )
 
@@ -268,6 +269,23 @@ def _strays_remove(
         )
         (revoked if action is certificate_revoke else discarded).append(info.certificate_id)
     return tuple(revoked), tuple(discarded)
+
+
+def certificate_provision_admit(*, csr: bool, thing_groups: tuple[str, ...] = ()) -> None:
+    """Raise AwsUnavailable ("QuotaExhausted", with `retry_after`) unless every API `certificate_provision`
+    calls has a slot of the quota soon; ask before claiming the device, so a vend turned away has cost
+    nothing. The endpoint lookup is left out: one call per process, and cached."""
+    iot_admit(
+        [
+            "CreateThing",
+            "CreateCertificateFromCsr" if csr else "CreateKeysAndCertificate",
+            "ListThingPrincipals",
+            "AttachPolicy",
+            "AttachThingPrincipal",
+            *(["AddThingToThingGroup"] if thing_groups else []),
+            "UpdateCertificate",
+        ]
+    )
 
 
 def certificate_provision(

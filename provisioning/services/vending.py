@@ -192,6 +192,12 @@ def certificate_vend(*, serial: str, token: str, csr: ValidatedCsr | None, clien
         raise _refuse(serial, reason, client_address)
     if device.state == DeviceState.ISSUING:
         _busy(device, client_address, now)
+    try:
+        # Before the claim: a vend the AWS IoT quota cannot take soon is turned away having cost no
+        # database write and no AWS call, rather than half-way, with slots spent and a certificate to undo.
+        aws.certificate_provision_admit(csr=csr is not None, thing_groups=tuple(device.product.thing_groups))
+    except aws.AwsError as exc:
+        raise VendRetryLater(503, exc.retry_after, "AWS IoT is busy; nothing was issued, retry later") from None
 
     claim_id = uuid.uuid4()
     claimed = device_transition(

@@ -7,8 +7,10 @@ database and the two cores, not Python's interpreter lock. They are forked from 
 is loaded and warm, and all start together on a barrier; each works for `SECONDS`.
 
 The vends are measured twice, rounds interleaved (chained, unchained, chained, unchained ...): as the
-portal writes them, through `audit_append_many`, and with `audit_append_many` replaced by a plain insert of
-the same rows without the chain (no head row to lock or update), the yardstick of what the chain costs.
+portal writes them, through `audit_append_many`, with the worker's audit sequencer (`audit_follow`) running
+in a process of its own beside them, as in production; and with `audit_append_many` replaced by a plain
+insert of the same rows and no sequencer at all, the yardstick of what the chain costs. After each chained
+round, how long the sequencer took to chain what was still pending is reported too.
 Only the public functions are called, so whatever `provisioning.audit` does inside is what is measured.
 Prints one JSON line.
 
@@ -109,6 +111,20 @@ def append_worker(seconds: float) -> dict[str, Any]:
     return {"count": len(durations), "started": started, "ended": time.monotonic(), "durations": durations}
 
 
+def _sequencer(stop: Any) -> None:
+    """The worker's audit sequencer, as `sync_dynamodb` runs it, until `stop` is set."""
+    import threading
+
+    from django.db import connection
+
+    from provisioning.audit import audit_follow
+
+    stopping = threading.Event()
+    threading.Thread(target=lambda: (stop.wait(), stopping.set()), daemon=True).start()
+    audit_follow(stop=stopping)
+    connection.close()
+
+
 def _child(barrier: Any, results: Any, target: Any, args: tuple[Any, ...]) -> None:
     from django.db import connection
 
@@ -118,21 +134,34 @@ def _child(barrier: Any, results: Any, target: Any, args: tuple[Any, ...]) -> No
     connection.close()
 
 
-def run_together(workers: int, target: Any, args_for: Any) -> list[dict[str, Any]]:
-    """Fork `workers` processes, start them together, return what each reported."""
+def run_together(workers: int, target: Any, args_for: Any, *, sequencer: bool = False) -> list[dict[str, Any]]:
+    """Fork `workers` processes, start them together, return what each reported. With `sequencer`, the
+    audit sequencer runs in one more process beside them; once they are done it chains what is left, and
+    the seconds that took are added to the last report as "catch_up_s"."""
     from django.db import connections
+
+    from provisioning.audit import audit_unchained
 
     connections.close_all()  # a forked child must not share the parent's connection
     context = multiprocessing.get_context("fork")
-    barrier, results = context.Barrier(workers), context.Queue()
+    barrier, results, stop = context.Barrier(workers), context.Queue(), context.Event()
     processes = [context.Process(target=_child, args=(barrier, results, target, args_for(i))) for i in range(workers)]
-    for process in processes:
+    chaining = context.Process(target=_sequencer, args=(stop,)) if sequencer else None
+    for process in [*processes, *([chaining] if chaining else [])]:
         process.start()
     reports = [results.get(timeout=120) for _ in processes]
     for process in processes:
         process.join(timeout=30)
         if process.exitcode != 0:
             raise RuntimeError(f"a benchmark worker exited with {process.exitcode}")
+    if chaining is not None:
+        finished = time.monotonic()
+        while audit_unchained()[0] and time.monotonic() < finished + 60:
+            time.sleep(0.02)
+        reports[-1]["catch_up_s"] = time.monotonic() - finished
+        stop.set()
+        chaining.join(timeout=30)
+        connections.close_all()
     return reports
 
 
@@ -165,29 +194,41 @@ def measure(seconds: float, rounds: int) -> dict[str, Any]:
     services.certificate_vend(serial="PG-WARM", token=tokens["PG-WARM"], csr=None, client_address="127.0.0.1")
 
     vends: dict[str, list[float]] = {}
+    catch_up: dict[str, list[float]] = {}
     for r, n, unchained in plan:
         batch = serials[(r, n, unchained)]
         reports = run_together(
             n,
             vend_worker,
             lambda w, b=batch, n=n, u=unchained: (b[w * per_worker[n] : (w + 1) * per_worker[n]], tokens, u, seconds),
+            sequencer=not unchained,
         )
         vends.setdefault(f"{'unchained' if unchained else 'chained'} {n}", []).append(rate(reports))
+        if not unchained:
+            catch_up.setdefault(str(n), []).append(reports[-1]["catch_up_s"])
 
     appends: dict[str, dict[str, float]] = {}
     for n in WORKERS:
-        reports = run_together(n, append_worker, lambda _w: (seconds,))
+        reports = run_together(n, append_worker, lambda _w: (seconds,), sequencer=True)
         durations = [d for r in reports for d in r["durations"]]
         appends[str(n)] = {
             "rate": rate(reports),
             "p50_ms": percentile(durations, 0.5) * 1000,
             "p99_ms": percentile(durations, 0.99) * 1000,
             "max_ms": max(durations) * 1000,
+            "catch_up_s": reports[-1]["catch_up_s"],
         }
     with connection.cursor() as cursor:
         cursor.execute("SHOW server_version")
         version = cursor.fetchone()[0]
-    return {"vends": vends, "appends": appends, "postgresql": version, "seconds": seconds, "rounds": rounds}
+    return {
+        "vends": vends,
+        "catch_up": catch_up,
+        "appends": appends,
+        "postgresql": version,
+        "seconds": seconds,
+        "rounds": rounds,
+    }
 
 
 if __name__ == "__main__":

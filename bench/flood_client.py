@@ -50,6 +50,8 @@ class Connection:
         lines = head.split(b"\r\n")
         status = int(lines[0].split(b" ", 2)[1])
         headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines[1:])}
+        if b"content-length" not in headers:
+            raise RuntimeError(f"an answer without Content-Length: {head!r}")
         length = int(headers.get(b"content-length", b"0"))
         while len(self.buffer) < length:
             self._fill()
@@ -129,11 +131,22 @@ def main() -> int:
             for status, n in seen.items():
                 statuses[status] = statuses.get(status, 0) + n
 
-    threads = [threading.Thread(target=send, args=(w,)) for w in range(args.connections)]
+    failures: list[BaseException] = []
+
+    def sender(worker: int) -> None:
+        try:
+            send(worker)
+        except BaseException as exc:
+            failures.append(exc)
+            raise
+
+    threads = [threading.Thread(target=sender, args=(w,)) for w in range(args.connections)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    if failures:
+        return 1
     seconds = time.perf_counter() - started
     sent = sum(statuses.values())
     print(json.dumps({"statuses": statuses, "sent": sent, "seconds": seconds, "errors": errors[0]}), flush=True)

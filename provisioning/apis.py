@@ -28,7 +28,7 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from . import aws, metrics
-from .middleware import client_address
+from .middleware import client_address, retry_later_answer
 from .readiness import readiness_check
 from .serializers import (
     ConfirmInputSerializer,
@@ -69,7 +69,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response({"detail": GENERIC_PROOF_REFUSAL}, status=status.HTTP_403_FORBIDDEN)
     if isinstance(exc, VendRetryLater):
         _note(context, f"retry_later:{exc.status}")
-        return Response({"detail": exc.detail}, status=exc.status, headers={"Retry-After": str(exc.retry_after)})
+        body, headers = retry_later_answer(exc)
+        return Response(body, status=exc.status, headers=headers)
     if isinstance(exc, RotationInvalid):
         _note(context, "rejected:csr")
         return Response({"csr": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)

@@ -97,7 +97,8 @@ def _serial_key(serial: str, device: Device | None) -> str:
     return f"{serial}@{issued:.6f}"
 
 
-def _check_address_lockout(client_address: str | None, now: datetime) -> None:
+def address_lockout_check(client_address: str | None, now: datetime) -> None:
+    """429 while the address is locked out; reads the cache only (AddressLockoutMiddleware calls it too)."""
     if client_address and (retry_after := _locked_for("address", client_address, now)):
         raise VendRetryLater(429, retry_after, "too many failed attempts; retry later")
 
@@ -168,7 +169,7 @@ def _refusal_reason(device: Device, token: str, now: datetime) -> str | None:
 def certificate_vend(*, serial: str, token: str, csr: ValidatedCsr | None, client_address: str | None) -> VendResult:
     """Trade a serial and its one-time token for an ACTIVE certificate attached to the device's thing."""
     now = timezone.now()
-    _check_address_lockout(client_address, now)
+    address_lockout_check(client_address, now)
     device = device_get(serial=serial)
     _check_failure_limits(serial, client_address, now, device)
     if device is None:

@@ -122,6 +122,44 @@ def test_the_early_check_sees_the_address_the_proxy_saw(api, db):
     assert vend_from(api, "SN-4", remote="10.0.0.2", forwarded="203.0.113.6").status_code == 403
 
 
+def query_shapes(queries) -> list[str]:
+    """The statements with their values taken out: what the database was asked, not about whom."""
+    return [re.sub(r"\d+", "N", re.sub(r"'[^']*'", "V", q["sql"])) for q in queries]
+
+
+@override_settings(CVM_FAILED_TOKENS_PER_ADDRESS=1000, CVM_FAILED_TOKENS_PER_SERIAL=1000)
+def test_a_wrong_token_and_an_unknown_serial_are_refused_with_the_same_few_queries(api, make_device):
+    make_device("SN-1")
+    vend_from(api, "SN-WARM", remote="198.51.100.19")
+    with CaptureQueriesContext(connection) as wrong:
+        wrong_token = vend_from(api, "SN-1", remote="198.51.100.20")
+    with CaptureQueriesContext(connection) as unknown:
+        unknown_serial = vend_from(api, "SN-NOBODY", remote="198.51.100.21")
+
+    assert wrong_token.status_code == unknown_serial.status_code == 403
+    assert wrong_token.content == unknown_serial.content
+    assert query_shapes(wrong) == query_shapes(unknown), "no query tells a known serial from an unknown one"
+    reads = [q for q in query_shapes(wrong) if q.startswith("SELECT") and "auditchainhead" not in q]
+    assert len(reads) == 2, reads  # the device's token fields and the failure counts, nothing else
+    assert "provisioning_device" in reads[0]
+    assert "JOIN" not in reads[0]
+    assert len(wrong) <= 7
+    assert AuditEvent.objects.filter(kind=AuditKind.VEND_REFUSED, serial__in=["SN-1", "SN-NOBODY"]).count() == 2
+
+
+@override_settings(CVM_FAILED_TOKENS_PER_ADDRESS=1000, CVM_FAILED_TOKENS_PER_SERIAL=3)
+def test_a_locked_serial_is_answered_after_one_read_of_its_token_fields(api, make_device):
+    make_device("SN-1")
+    for i in range(4):
+        vend_from(api, "SN-1", remote=f"198.51.100.{i}")
+    with CaptureQueriesContext(connection) as queries:
+        response = vend_from(api, "SN-1", remote="198.51.100.99")
+
+    assert response.status_code == 429
+    assert len(queries) == 1
+    assert "JOIN" not in queries[0]["sql"]
+
+
 def test_failed_logins_with_varying_usernames_are_recorded_a_bounded_number_of_times(client, db):
     login = reverse("admin:login")
     for i in range(60):

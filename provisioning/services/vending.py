@@ -23,7 +23,7 @@ from ..audit import NewEvent, audit_append
 from ..crypto import ValidatedCsr, amazon_root_ca_pem, certificate_fingerprint, token_matches
 from ..models import AuditKind, Certificate, CertificateStatus, Device, DeviceAction, DeviceState, KeyOrigin
 from ..proofs import same_public_key
-from ..selectors import device_get, refusals_in_window
+from ..selectors import device_credentials, device_get, refusals_in_window
 from .common import DEVICE_ACTOR, SYSTEM_ACTOR, device_transition, events_record
 from .webhooks import Subject
 
@@ -109,7 +109,8 @@ def _check_failure_limits(serial: str, client_address: str | None, now: datetime
     A serial's failures count only since its current token was issued: a device that looped on an
     expired token must not lock out the fresh one staff just gave it. Once over a limit, the lockout is
     kept in the cache until it lifts, and one `vend_throttled` event records it: a flood from a locked
-    address or against a locked serial is answered without writing, or even reading, the database.
+    address is answered without reading the database, one against a locked serial with one read of the
+    device's token fields (the lockout belongs to its current token), and neither writes.
     """
     if retry_after := _locked_for("serial", _serial_key(serial, device), now):
         raise VendRetryLater(429, retry_after, "too many failed attempts; retry later")
@@ -141,6 +142,7 @@ def _check_failure_limits(serial: str, client_address: str | None, now: datetime
                                 data={"scope": scope, "failures": window.count},
                             )
                         ],
+                        # A device read with `device_credentials` loads these two here, once per lockout.
                         subjects={
                             serial: Subject(thing_name=device.thing_name, product=device.product.name)
                             if device is not None
@@ -170,10 +172,19 @@ def certificate_vend(*, serial: str, token: str, csr: ValidatedCsr | None, clien
     """Trade a serial and its one-time token for an ACTIVE certificate attached to the device's thing."""
     now = timezone.now()
     address_lockout_check(client_address, now)
-    device = device_get(serial=serial)
-    _check_failure_limits(serial, client_address, now, device)
-    if device is None:
+    # A guess is refused from the device's state and token fields alone, the same work for a known serial
+    # as for an unknown one; only a request that may go further reads the whole device.
+    credentials = device_credentials(serial=serial)
+    _check_failure_limits(serial, client_address, now, credentials)
+    if credentials is None:
         token_matches(token, "")  # same work as for a known serial, so timing reveals nothing
+        raise _refuse(serial, "unknown_serial", client_address)
+    if credentials.state != DeviceState.ISSUING:  # a stale claim is recovered first, below
+        reason = _refusal_reason(credentials, token, now)
+        if reason is not None and not (reason == "token_used" and csr is not None):
+            raise _refuse(serial, reason, client_address)
+    device = device_get(serial=serial)
+    if device is None:  # deleted in between
         raise _refuse(serial, "unknown_serial", client_address)
     if device.state == DeviceState.ISSUING and claim_is_stale(device, now):
         try:

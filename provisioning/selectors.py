@@ -37,12 +37,16 @@ CREDENTIAL_FIELDS = ("id", "serial", "state", "token_digest", "token_issued_at",
 
 
 def device_credentials(*, serial: str) -> Device | None:
-    """The device with only CREDENTIAL_FIELDS loaded, or None: enough to refuse a wrong token.
+    """The device with only CREDENTIAL_FIELDS loaded (the others load on first use), or None.
 
-    Every guess reads this, so it joins nothing: the full row with its product and certificates
-    (`device_get`) costs about four times as much to build.
+    Every guess reads this, so it is one plain statement on one table: the full row with its product and
+    certificates (`device_get`) costs about twenty times as much to build, and the same statement
+    through the ORM's query compiler about four times.
     """
-    return Device.objects.filter(serial=serial).only(*CREDENTIAL_FIELDS).first()
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(Device._meta.get_field(name).column) for name in CREDENTIAL_FIELDS)
+    sql = f"SELECT {columns} FROM {quote(Device._meta.db_table)} WHERE {quote('serial')} = %s"  # noqa: S608
+    return next(iter(Device.objects.raw(sql, [serial])), None)
 
 
 def devices_list(*, state: str | None = None, product: str | None = None) -> QuerySet[Device]:

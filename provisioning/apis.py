@@ -123,12 +123,17 @@ class FixedWindowThrottle(BaseThrottle):
     def allow_request(self, request: Request, view: APIView) -> bool:
         now = time.time()
         key = f"cvm:rate:{self.scope}{self.ident(request)}:{int(now // self.window)}"
-        cache.add(key, 0, timeout=self.window * 2)
+        # The counter usually exists: increment first, and create it only when this is the window's first
+        # request (an add that loses a race to another worker's add increments after all).
         try:
             count = cache.incr(key)
-        except ValueError:  # evicted between add and incr
-            cache.set(key, 1, timeout=self.window * 2)
+        except ValueError:
             count = 1
+            if not cache.add(key, 1, timeout=self.window * 2):
+                try:
+                    count = cache.incr(key)
+                except ValueError:  # evicted in between
+                    cache.set(key, 1, timeout=self.window * 2)
         self._wait = self.window - (now % self.window)
         return count <= self.limit()
 

@@ -34,7 +34,6 @@ from .vending import (
     VendRetryLater,
     _check_failure_limits,
     _discard_unknown_certificates,
-    address_lockout_check,
     claim_is_stale,
     claim_retry_after,
     provision_shape,
@@ -114,7 +113,6 @@ def certificate_rotate(*, serial: str, csr: ValidatedCsr, proof: str, client_add
     Raises ProofRefused (403), RotationInvalid (400), VendRetryLater (409, 429, 503).
     """
     now = timezone.now()
-    address_lockout_check(client_address, now)
     device = device_get(serial=serial)
     _check_failure_limits(serial, client_address, now, device)
     if device is None or not device.allows(DeviceAction.ROTATE) or device.current_certificate is None:
@@ -335,7 +333,6 @@ def rotation_confirm(*, serial: str, proof: str, client_address: str | None) -> 
     Confirming twice answers the same. Raises ProofRefused (403), VendRetryLater (429, 503).
     """
     now = timezone.now()
-    address_lockout_check(client_address, now)
     device = device_get(serial=serial)
     _check_failure_limits(serial, client_address, now, device)
     if device is None or not device.allows(DeviceAction.CONFIRM) or device.current_certificate is None:

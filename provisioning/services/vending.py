@@ -85,7 +85,10 @@ def _lock_key(scope: str, key: str) -> str:
 
 def _locked_for(scope: str, key: str, now: datetime) -> int | None:
     """Seconds left on a lockout recorded in the cache, or None: a locked caller costs no database work."""
-    until = cache.get(_lock_key(scope, key))
+    return _seconds_left(cache.get(_lock_key(scope, key)), now)
+
+
+def _seconds_left(until: float | None, now: datetime) -> int | None:
     if until is None or until <= now.timestamp():
         return None
     return math.ceil(until - now.timestamp())
@@ -109,11 +112,19 @@ def _check_failure_limits(serial: str, client_address: str | None, now: datetime
     A serial's failures count only since its current token was issued: a device that looped on an
     expired token must not lock out the fresh one staff just gave it. Once over a limit, the lockout is
     kept in the cache until it lifts, and one `vend_throttled` event records it: a flood from a locked
-    address is answered without reading the database, one against a locked serial with one read of the
-    device's token fields (the lockout belongs to its current token), and neither writes.
+    address is answered by AddressLockoutMiddleware without reading the database, one against a locked
+    serial here after one read of the device's token fields (the lockout belongs to its current token),
+    and neither writes.
     """
-    if retry_after := _locked_for("serial", _serial_key(serial, device), now):
-        raise VendRetryLater(429, retry_after, "too many failed attempts; retry later")
+    # Both lockouts in one cache read. AddressLockoutMiddleware has answered a locked address already;
+    # this is for an address locked since, and for callers that come another way.
+    locks = {"serial": _lock_key("serial", _serial_key(serial, device))}
+    if client_address:
+        locks["address"] = _lock_key("address", client_address)
+    found = cache.get_many(list(locks.values()))
+    for scope in ("address", "serial"):
+        if retry_after := _seconds_left(found.get(locks.get(scope, "")), now):
+            raise VendRetryLater(429, retry_after, "too many failed attempts; retry later")
     window_start = now - FAILURE_WINDOW
     serial_since = window_start
     if device is not None and device.token_issued_at is not None:
@@ -171,7 +182,6 @@ def _refusal_reason(device: Device, token: str, now: datetime) -> str | None:
 def certificate_vend(*, serial: str, token: str, csr: ValidatedCsr | None, client_address: str | None) -> VendResult:
     """Trade a serial and its one-time token for an ACTIVE certificate attached to the device's thing."""
     now = timezone.now()
-    address_lockout_check(client_address, now)
     # A guess is refused from the device's state and token fields alone, the same work for a known serial
     # as for an unknown one; only a request that may go further reads the whole device.
     credentials = device_credentials(serial=serial)

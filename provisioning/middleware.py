@@ -298,8 +298,8 @@ class AddressLockoutMiddleware:
 
     The lockout is the cache entry the vend and rotate services keep once an address is over
     CVM_FAILED_TOKENS_PER_ADDRESS, and the check is theirs (`address_lockout_check`), so the answer is
-    the one they give; they still check it themselves. Here a flood from a locked address costs one
-    cache read per request, and no database work.
+    the one they give; they still read the entry themselves, for an address locked in the meantime.
+    Here a flood from a locked address costs one cache read per request, and no database work.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:

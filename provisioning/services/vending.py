@@ -101,7 +101,8 @@ def _serial_key(serial: str, device: Device | None) -> str:
 
 
 def address_lockout_check(client_address: str | None, now: datetime) -> None:
-    """429 while the address is locked out; reads the cache only (AddressLockoutMiddleware calls it too)."""
+    """429 while the address is locked out; reads the cache only. AddressLockoutMiddleware asks it before
+    a device call's body is read; the services read the same entry in `_check_failure_limits`."""
     if client_address and (retry_after := _locked_for("address", client_address, now)):
         raise VendRetryLater(429, retry_after, "too many failed attempts; retry later")
 

@@ -237,8 +237,8 @@ def refusals_in_window(
         *(serial, serial_from) * 2,
         *(client_address,) * 2,
         # Failed proofs count like failed tokens (SPEC §3.2).
-        AuditKind.VEND_REFUSED,
-        AuditKind.ROTATE_REFUSED,
+        AuditKind.VEND_REFUSED.value,
+        AuditKind.ROTATE_REFUSED.value,
         db_datetime(since),
         serial,
         serial_from,

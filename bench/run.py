@@ -655,7 +655,8 @@ DESCRIPTIONS = {
     "flood": "An address goes over its failed-token limit (100 per hour), then sends 10,000 more wrong tokens "
     "at 500/s from a process of its own (4 kept-alive connections) while legitimate devices vend one after "
     "another from another process, through gunicorn (the project's configuration: 3 workers x 16 threads "
-    "here) over TLS, behind a trusted proxy address, the cache in Redis, AWS IoT a fake answering at once. "
+    "here) over TLS, behind a trusted proxy address, the cache in Redis, AWS IoT a fake answering at once, "
+    "unpaced. "
     "Four rounds without the flood alternate with four rounds of 2,500 flood requests each; the server's "
     "CPU per refused request is measured alone, on 2,000 of them.",
     "spray": "Four legitimate devices at a time vend through gunicorn (as in `flood`) for 8 s; in alternate "

@@ -75,6 +75,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "provisioning.middleware.ApiGuardMiddleware",
+    # A locked-out address is answered here, before sessions, DRF and the body parser cost anything.
+    "provisioning.middleware.AddressLockoutMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

@@ -28,7 +28,7 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from . import aws, metrics
-from .middleware import client_address
+from .middleware import client_address, retry_later_answer
 from .readiness import readiness_check
 from .serializers import (
     ConfirmInputSerializer,
@@ -69,7 +69,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response({"detail": GENERIC_PROOF_REFUSAL}, status=status.HTTP_403_FORBIDDEN)
     if isinstance(exc, VendRetryLater):
         _note(context, f"retry_later:{exc.status}")
-        return Response({"detail": exc.detail}, status=exc.status, headers={"Retry-After": str(exc.retry_after)})
+        body, headers = retry_later_answer(exc)
+        return Response(body, status=exc.status, headers=headers)
     if isinstance(exc, RotationInvalid):
         _note(context, "rejected:csr")
         return Response({"csr": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
@@ -122,12 +123,17 @@ class FixedWindowThrottle(BaseThrottle):
     def allow_request(self, request: Request, view: APIView) -> bool:
         now = time.time()
         key = f"cvm:rate:{self.scope}{self.ident(request)}:{int(now // self.window)}"
-        cache.add(key, 0, timeout=self.window * 2)
+        # The counter usually exists: increment first, and create it only when this is the window's first
+        # request (an add that loses a race to another worker's add increments after all).
         try:
             count = cache.incr(key)
-        except ValueError:  # evicted between add and incr
-            cache.set(key, 1, timeout=self.window * 2)
+        except ValueError:
             count = 1
+            if not cache.add(key, 1, timeout=self.window * 2):
+                try:
+                    count = cache.incr(key)
+                except ValueError:  # evicted in between
+                    cache.set(key, 1, timeout=self.window * 2)
         self._wait = self.window - (now % self.window)
         return count <= self.limit()
 

@@ -1,4 +1,5 @@
-"""Request log, request charset, body limit, cache headers and JSON errors for the device API."""
+"""Request log, request charset, body limit, cache headers, JSON errors and the early lockout answer for the
+device API."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from collections.abc import Callable
 from django.conf import settings
 from django.core.handlers.wsgi import WSGIRequest
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.utils.http import parse_header_parameters
+from rest_framework.renderers import JSONRenderer
 
 from . import metrics
+from .services.vending import VendRetryLater, address_lockout_check
 
 logger = logging.getLogger("provisioning.requests")
 
@@ -268,3 +272,52 @@ class ApiGuardMiddleware:
             response = json_error(request, response)
         add_never_cache_headers(response)
         return response
+
+
+def retry_later_answer(exc: VendRetryLater) -> tuple[dict[str, str], dict[str, str]]:
+    """The body and headers of a "retry later" answer (409, 429, 503), whoever gives it: the views'
+    exception handler or `AddressLockoutMiddleware`."""
+    return {"detail": exc.detail}, {"Retry-After": str(exc.retry_after)}
+
+
+# The device calls whose services refuse a locked-out address before anything else: (path, method).
+LOCKOUT_CALLS = frozenset(
+    {
+        ("/api/v1/certificates", "POST"),
+        ("/api/v1/certificates/rotate", "POST"),
+        ("/api/v1/certificates/rotate/confirm", "POST"),
+        ("/getcert", "GET"),
+        ("/getcert", "POST"),
+    }
+)
+
+
+class AddressLockoutMiddleware:
+    """Answer a device call from a locked-out address with its 429 before DRF, throttles or the body
+    parser see it.
+
+    The lockout is the cache entry the vend and rotate services keep once an address is over
+    CVM_FAILED_TOKENS_PER_ADDRESS, and the check is theirs (`address_lockout_check`), so the answer is
+    the one they give; they still read the entry themselves, for an address locked in the meantime.
+    Here a flood from a locked address costs one cache read per request, and no database work.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        call = (request.path_info, request.method)
+        if call in LOCKOUT_CALLS and (settings.CVM_LEGACY_API or call[0] != "/getcert"):
+            try:
+                address_lockout_check(client_address(request), timezone.now())
+            except VendRetryLater as exc:
+                request.cvm_outcome = f"retry_later:{exc.status}"
+                body, headers = retry_later_answer(exc)
+                content = JSONRenderer().render(body)
+                response = HttpResponse(content, status=exc.status, content_type="application/json")
+                # As CommonMiddleware gives every other answer: without it, gunicorn sends the body chunked.
+                response["Content-Length"] = str(len(content))
+                for name, value in headers.items():
+                    response[name] = value
+                return response
+        return self.get_response(request)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
 from django.test import RequestFactory, override_settings
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from provisioning.middleware import ProxyHeadersMiddleware, client_address
@@ -54,6 +56,107 @@ def test_a_flood_against_a_locked_serial_writes_one_throttled_event(api, make_de
     assert AuditEvent.objects.filter(kind=AuditKind.VEND_REFUSED, serial="SN-1").count() == 3
     assert AuditEvent.objects.filter(kind=AuditKind.VEND_THROTTLED, serial="SN-1").count() == 1
     assert device.device.state == "token_issued"
+
+
+@override_settings(CVM_FAILED_TOKENS_PER_ADDRESS=3, CVM_FAILED_TOKENS_PER_SERIAL=1000)
+def test_a_locked_address_gets_the_same_429_from_the_early_check_without_a_query(api, db):
+    for i in range(3):
+        assert vend_from(api, f"SN-{i}", remote="198.51.100.7").status_code == 403
+    locking = vend_from(api, "SN-3", remote="198.51.100.7")  # the service finds the limit and locks
+    with CaptureQueriesContext(connection) as queries:
+        early = vend_from(api, "SN-4", remote="198.51.100.7")
+
+    assert len(queries) == 0
+    assert early.status_code == locking.status_code == 429
+    assert early.content == locking.content == b'{"detail":"too many failed attempts; retry later"}'
+    assert abs(int(early["Retry-After"]) - int(locking["Retry-After"])) <= 1
+    assert int(early["Retry-After"]) > 3500
+    for header in ("Content-Type", "Content-Length", "Cache-Control"):
+        assert early[header] == locking[header]
+
+
+@override_settings(CVM_FAILED_TOKENS_PER_ADDRESS=2, CVM_FAILED_TOKENS_PER_SERIAL=1000, CVM_LEGACY_API=True)
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", VEND_URL, "not json at all"),
+        ("post", "/api/v1/certificates/rotate", '{"serial": "SN-1", "csr": "x", "proof": "y"}'),
+        ("post", "/api/v1/certificates/rotate/confirm", '{"serial": "SN-1", "proof": "y"}'),
+        ("get", "/getcert?serialNumber=SN-1&deviceToken=guess", None),
+    ],
+)
+def test_every_device_call_from_a_locked_address_is_refused_before_its_body_is_read(api, db, method, path, body):
+    for i in range(3):
+        vend_from(api, f"SN-{i}", remote="198.51.100.7")
+    with CaptureQueriesContext(connection) as queries:
+        if body is None:
+            response = getattr(api, method)(path, REMOTE_ADDR="198.51.100.7")
+        else:
+            response = getattr(api, method)(path, body, content_type="application/json", REMOTE_ADDR="198.51.100.7")
+
+    assert response.status_code == 429
+    assert response.json() == {"detail": "too many failed attempts; retry later"}
+    assert len(queries) == 0
+    assert vend_from(api, "SN-9", remote="198.51.100.8").status_code == 403, "another address is not locked"
+
+
+@override_settings(CVM_FAILED_TOKENS_PER_ADDRESS=2, CVM_FAILED_TOKENS_PER_SERIAL=1000, CVM_LEGACY_API=False)
+def test_the_early_check_leaves_a_switched_off_legacy_call_unknown(api, db):
+    for i in range(3):
+        vend_from(api, f"SN-{i}", remote="198.51.100.7")
+
+    assert api.get("/getcert?serialNumber=SN-1&deviceToken=x", REMOTE_ADDR="198.51.100.7").status_code == 404
+
+
+@override_settings(
+    CVM_FAILED_TOKENS_PER_ADDRESS=2,
+    CVM_FAILED_TOKENS_PER_SERIAL=1000,
+    CVM_TRUSTED_PROXIES=1,
+    CVM_TRUSTED_PROXY_ADDRESSES=PROXY,
+)
+def test_the_early_check_sees_the_address_the_proxy_saw(api, db):
+    for i in range(3):
+        vend_from(api, f"SN-{i}", remote="10.0.0.2", forwarded="203.0.113.5")
+
+    assert vend_from(api, "SN-4", remote="10.0.0.2", forwarded="203.0.113.5").status_code == 429
+    assert vend_from(api, "SN-4", remote="10.0.0.2", forwarded="203.0.113.6").status_code == 403
+
+
+def query_shapes(queries) -> list[str]:
+    """The statements with their values taken out: what the database was asked, not about whom."""
+    return [re.sub(r"\d+", "N", re.sub(r"'[^']*'", "V", q["sql"])) for q in queries]
+
+
+@override_settings(CVM_FAILED_TOKENS_PER_ADDRESS=1000, CVM_FAILED_TOKENS_PER_SERIAL=1000)
+def test_a_wrong_token_and_an_unknown_serial_are_refused_with_the_same_few_queries(api, make_device):
+    make_device("SN-1")
+    vend_from(api, "SN-WARM", remote="198.51.100.19")
+    with CaptureQueriesContext(connection) as wrong:
+        wrong_token = vend_from(api, "SN-1", remote="198.51.100.20")
+    with CaptureQueriesContext(connection) as unknown:
+        unknown_serial = vend_from(api, "SN-NOBODY", remote="198.51.100.21")
+
+    assert wrong_token.status_code == unknown_serial.status_code == 403
+    assert wrong_token.content == unknown_serial.content
+    assert query_shapes(wrong) == query_shapes(unknown), "no query tells a known serial from an unknown one"
+    reads = [q for q in query_shapes(wrong) if q.startswith("SELECT") and "auditchainhead" not in q]
+    assert len(reads) == 2, reads  # the device and the failure counts, nothing else
+    assert "provisioning_device" in reads[0]
+    assert len(wrong) <= 7
+    assert AuditEvent.objects.filter(kind=AuditKind.VEND_REFUSED, serial__in=["SN-1", "SN-NOBODY"]).count() == 2
+
+
+@override_settings(CVM_FAILED_TOKENS_PER_ADDRESS=1000, CVM_FAILED_TOKENS_PER_SERIAL=3)
+def test_a_locked_serial_is_answered_after_one_read_of_the_device(api, make_device):
+    make_device("SN-1")
+    for i in range(4):
+        vend_from(api, "SN-1", remote=f"198.51.100.{i}")
+    with CaptureQueriesContext(connection) as queries:
+        response = vend_from(api, "SN-1", remote="198.51.100.99")
+
+    assert response.status_code == 429
+    assert len(queries) == 1
+    assert "provisioning_device" in queries[0]["sql"]
 
 
 def test_failed_logins_with_varying_usernames_are_recorded_a_bounded_number_of_times(client, db):

@@ -32,7 +32,6 @@ from .vending import (
     BUSY_RETRY_AFTER,
     VendResult,
     VendRetryLater,
-    _check_address_lockout,
     _check_failure_limits,
     _discard_unknown_certificates,
     claim_is_stale,
@@ -114,7 +113,6 @@ def certificate_rotate(*, serial: str, csr: ValidatedCsr, proof: str, client_add
     Raises ProofRefused (403), RotationInvalid (400), VendRetryLater (409, 429, 503).
     """
     now = timezone.now()
-    _check_address_lockout(client_address, now)
     device = device_get(serial=serial)
     _check_failure_limits(serial, client_address, now, device)
     if device is None or not device.allows(DeviceAction.ROTATE) or device.current_certificate is None:
@@ -336,7 +334,6 @@ def rotation_confirm(*, serial: str, proof: str, client_address: str | None) -> 
     Confirming twice answers the same. Raises ProofRefused (403), VendRetryLater (429, 503).
     """
     now = timezone.now()
-    _check_address_lockout(client_address, now)
     device = device_get(serial=serial)
     _check_failure_limits(serial, client_address, now, device)
     if device is None or not device.allows(DeviceAction.CONFIRM) or device.current_certificate is None:

@@ -86,7 +86,10 @@ def _lock_key(scope: str, key: str) -> str:
 
 def _locked_for(scope: str, key: str, now: datetime) -> int | None:
     """Seconds left on a lockout recorded in the cache, or None: a locked caller costs no database work."""
-    until = cache.get(_lock_key(scope, key))
+    return _seconds_left(cache.get(_lock_key(scope, key)), now)
+
+
+def _seconds_left(until: float | None, now: datetime) -> int | None:
     if until is None or until <= now.timestamp():
         return None
     return math.ceil(until - now.timestamp())
@@ -98,7 +101,9 @@ def _serial_key(serial: str, device: Device | None) -> str:
     return f"{serial}@{issued:.6f}"
 
 
-def _check_address_lockout(client_address: str | None, now: datetime) -> None:
+def address_lockout_check(client_address: str | None, now: datetime) -> None:
+    """429 while the address is locked out; reads the cache only. AddressLockoutMiddleware asks it before
+    a device call's body is read; the services read the same entry in `_check_failure_limits`."""
     if client_address and (retry_after := _locked_for("address", client_address, now)):
         raise VendRetryLater(429, retry_after, "too many failed attempts; retry later")
 
@@ -109,10 +114,19 @@ def _check_failure_limits(serial: str, client_address: str | None, now: datetime
     A serial's failures count only since its current token was issued: a device that looped on an
     expired token must not lock out the fresh one staff just gave it. Once over a limit, the lockout is
     kept in the cache until it lifts, and one `vend_throttled` event records it: a flood from a locked
-    address or against a locked serial is answered without writing, or even reading, the database.
+    address is answered by AddressLockoutMiddleware without reading the database, one against a locked
+    serial here after one read of the device's token fields (the lockout belongs to its current token),
+    and neither writes.
     """
-    if retry_after := _locked_for("serial", _serial_key(serial, device), now):
-        raise VendRetryLater(429, retry_after, "too many failed attempts; retry later")
+    # Both lockouts in one cache read. AddressLockoutMiddleware has answered a locked address already;
+    # this is for an address locked since, and for callers that come another way.
+    locks = {"serial": _lock_key("serial", _serial_key(serial, device))}
+    if client_address:
+        locks["address"] = _lock_key("address", client_address)
+    found = cache.get_many(list(locks.values()))
+    for scope in ("address", "serial"):
+        if retry_after := _seconds_left(found.get(locks.get(scope, "")), now):
+            raise VendRetryLater(429, retry_after, "too many failed attempts; retry later")
     window_start = now - FAILURE_WINDOW
     serial_since = window_start
     if device is not None and device.token_issued_at is not None:
@@ -169,7 +183,8 @@ def _refusal_reason(device: Device, token: str, now: datetime) -> str | None:
 def certificate_vend(*, serial: str, token: str, csr: ValidatedCsr | None, client_address: str | None) -> VendResult:
     """Trade a serial and its one-time token for an ACTIVE certificate attached to the device's thing."""
     now = timezone.now()
-    _check_address_lockout(client_address, now)
+    # One read of the device (a statement written once, see prepared.py), the same for a known serial as
+    # for an unknown one: a guess and a vend both start with it, and a vend needs nothing more.
     device = device_get(serial=serial)
     _check_failure_limits(serial, client_address, now, device)
     if device is None:

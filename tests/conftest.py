@@ -20,6 +20,8 @@ from cryptography.x509.oid import NameOID
 from django.conf import settings as django_settings
 from django.core.cache import cache
 from django.db import connection
+from django.db.backends.signals import connection_created
+from django.dispatch import receiver
 from moto import mock_aws
 from rest_framework.test import APIClient
 
@@ -40,6 +42,17 @@ T = TypeVar("T")
 def _fast_password_hashing(settings) -> None:
     # PBKDF2 with Django's work factor costs ~0.3 s per password; tests are not about that.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@receiver(connection_created)
+def _sqlite_commits_without_fsync(sender: Any, connection: Any, **kwargs: Any) -> None:
+    # In WAL mode SQLite's default (synchronous=FULL) waits for an fsync of the log on every commit,
+    # ~5 ms here, and the transactional tests commit thousands of times. NORMAL syncs at checkpoints
+    # only: the same locking and the same transactions, durable against a crash of the process (not of
+    # the machine, which a test database does not need).
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA synchronous=NORMAL")
 
 
 @pytest.fixture(autouse=True)

@@ -34,10 +34,7 @@ class AwsState:
     @classmethod
     def connect(cls, endpoint_url: str | None = None) -> AwsState:
         """Clients for `endpoint_url` (an emulator), or for in-process moto while a mock is active."""
-        return cls(
-            iot=session().client("iot", endpoint_url=endpoint_url),
-            dynamodb=session().client("dynamodb", endpoint_url=endpoint_url),
-        )
+        return _connect(endpoint_url)
 
     def thing_certificates(self, thing_name: str) -> list[dict[str, Any]]:
         """The descriptions of the certificates attached to the thing; none when there is no such thing."""
@@ -81,3 +78,13 @@ class AwsState:
 def _plain(value: Any) -> Any:
     # DynamoDB hands every number back as a Decimal; the portal writes whole numbers only.
     return int(value) if isinstance(value, Decimal) and value == value.to_integral_value() else value
+
+
+@functools.cache
+def _connect(endpoint_url: str | None) -> AwsState:
+    # One pair of clients per endpoint for the whole run (~50 ms a client, in every test that uses moto).
+    # A client holds no AWS state: each test's mock starts empty, and faults go on the portal's clients only.
+    return AwsState(
+        iot=session().client("iot", endpoint_url=endpoint_url),
+        dynamodb=session().client("dynamodb", endpoint_url=endpoint_url),
+    )

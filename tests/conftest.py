@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 from cryptography import x509
@@ -20,6 +20,8 @@ from cryptography.x509.oid import NameOID
 from django.conf import settings as django_settings
 from django.core.cache import cache
 from django.db import connection
+from django.db.backends.signals import connection_created
+from django.dispatch import receiver
 from moto import mock_aws
 from rest_framework.test import APIClient
 
@@ -40,6 +42,17 @@ T = TypeVar("T")
 def _fast_password_hashing(settings) -> None:
     # PBKDF2 with Django's work factor costs ~0.3 s per password; tests are not about that.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@receiver(connection_created)
+def _sqlite_commits_without_fsync(sender: Any, connection: Any, **kwargs: Any) -> None:
+    # In WAL mode SQLite's default (synchronous=FULL) waits for an fsync of the log on every commit,
+    # ~5 ms here, and the transactional tests commit thousands of times. NORMAL syncs at checkpoints
+    # only: the same locking and the same transactions, durable against a crash of the process (not of
+    # the machine, which a test database does not need).
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA synchronous=NORMAL")
 
 
 @pytest.fixture(autouse=True)
@@ -67,11 +80,40 @@ class _Boto3WithOneSession:
     session = SimpleNamespace(Session=awsstate.session)
 
 
+class _MotoRsaKeys:
+    """`rsa` as moto's IoT models see it under test: RSA-2048 keys made once per run, handed out in turn.
+
+    moto makes a new RSA-2048 key for every certificate (CreateKeysAndCertificate, and to sign one from a
+    CSR), ~50 ms of CPU each and several hundred of them in a run. Each test starts again from the first
+    key of the pool, which grows when a test needs more, so the keys within one test are all different,
+    as AWS's are; a key seen in an earlier test is only ever met again in a moto that starts empty.
+    """
+
+    _pool: ClassVar[list[rsa.RSAPrivateKey]] = []
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.handed_out = 0
+
+    def generate_private_key(self, public_exponent: int, key_size: int, backend: Any = None) -> rsa.RSAPrivateKey:
+        if (public_exponent, key_size) != (65537, 2048):
+            return rsa.generate_private_key(public_exponent=public_exponent, key_size=key_size)
+        with self._lock:
+            if self.handed_out == len(self._pool):
+                self._pool.append(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+            self.handed_out += 1
+            return self._pool[self.handed_out - 1]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(rsa, name)
+
+
 @pytest.fixture
 def aws_mock(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsState]:
     """In-process moto with the policy and table `bootstrap_aws` creates; what AWS holds, to assert on."""
     apply_fixes()
     monkeypatch.setattr(aws.clients, "boto3", _Boto3WithOneSession)
+    monkeypatch.setattr("moto.iot.models.rsa", _MotoRsaKeys())
     with mock_aws():
         # New clients for the portal in each test: a fault's hooks and botocore's retry quota live in
         # a client. The test's own clients (AwsState) come from the same session but are not the portal's.

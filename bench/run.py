@@ -123,19 +123,31 @@ def bench_overhead() -> dict[str, Any]:
 
 
 def bench_vend() -> dict[str, Any]:
-    data = run_module("bench.vend", fresh_env("vend"), "300")
-    figures = {name: statistics.median(data[name]) * 1000 for name in ("vend", "wrong_token", "unknown_serial")}
+    figures: dict[str, Any] = {}
+    medians: dict[str, float] = {}
+    for database in ("SQLite", "PostgreSQL"):
+        with contextlib.ExitStack() as stack:
+            if database == "SQLite":
+                env = fresh_env("vend")
+            else:
+                url, problem = stack.enter_context(pg_database())
+                if url is None:
+                    figures["PostgreSQL"] = f"skipped: not reachable at 127.0.0.1:5432 ({problem})"
+                    continue
+                env = fresh_env("vend_pg", DATABASE_URL=url)
+            data = run_module("bench.vend", env, "300")
+        ms = {name: statistics.median(data[name]) * 1000 for name in ("vend", "wrong_token", "unknown_serial")}
+        medians[database] = ms["vend"]
+        figures[f"{database}: vend / wrong token / unknown serial, median ms"] = (
+            f"{ms['vend']:.2f} / {ms['wrong_token']:.2f} / {ms['unknown_serial']:.2f}"
+        )
+        figures[f"{database}: statements per vend"] = data["statements"]
+        figures[f"{database}: load average (1, 5, 15 min) before"] = data["load"][0]
     return {
         "name": "vend",
-        "figures": {
-            "vend median ms": figures["vend"],
-            "wrong token median ms": figures["wrong_token"],
-            "unknown serial median ms": figures["unknown_serial"],
-            "statements per vend": data["statements"],
-            "load average (1, 5, 15 min) before": data["load"][0],
-        },
-        "target": "in-process vend <= 3 ms (SQLite)",
-        "met": figures["vend"] <= 3,
+        "figures": figures,
+        "target": "in-process vend <= 3 ms on SQLite, <= 6 ms on PostgreSQL (medians)",
+        "met": medians.get("SQLite", 99.0) <= 3 and medians.get("PostgreSQL", 99.0) <= 6,
     }
 
 
@@ -838,8 +850,9 @@ DESCRIPTIONS = {
     "admin": "Server time (median of 5, in-process test client) and query count of admin changelists as a "
     "superuser, with 100,000 devices, 100,000 certificates and 1,000,000 audit events in SQLite.",
     "vend": "The vend service (`certificate_vend`) called in-process, no HTTP, with AWS answering at once, on "
-    "SQLite: the claim, the certificate and both transactions with their audit events and outbox rows; a wrong "
-    "token and an unknown serial timed beside it, interleaved (they must cost the same).",
+    "SQLite and on PostgreSQL (a database of its own): the claim, the certificate and both transactions with "
+    "their audit events and outbox rows; a wrong token and an unknown serial timed beside it, interleaved "
+    "(they must cost the same).",
     "flood": "An address goes over its failed-token limit (100 per hour), then sends 10,000 more wrong tokens "
     "at 500/s from a process of its own (4 kept-alive connections) while legitimate devices vend one after "
     "another from another process, through gunicorn (the project's configuration: 3 workers x 16 threads "

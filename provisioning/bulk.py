@@ -89,9 +89,12 @@ def insert_rows(model: type[Model], columns: Sequence[str], rows: Iterable[Seque
             return _executemany_rows(cursor, sql, rows)
         rows = iter(rows)
         first = list(itertools.islice(rows, COPY_FROM_ROWS))
+        if len(first) == 1:
+            # psycopg's executemany runs in pipeline mode, whose extra round trips cost more than one row.
+            cursor.execute(sql, first[0])
+        elif first and len(first) < COPY_FROM_ROWS:
+            cursor.executemany(sql, first)
         if len(first) < COPY_FROM_ROWS:
-            if first:
-                cursor.executemany(sql, first)
             return len(first)
         return _copy_rows(cursor, table, names, itertools.chain(first, rows))
 

@@ -32,10 +32,10 @@ def fill(events: int, now: datetime.datetime) -> None:
     with transaction.atomic():
         insert_rows(
             AuditEvent,
-            ["seq", "created_at", "kind", "actor", "serial", "client_address", "data", "prev_hash", "hash"],
+            ["seq", "created_at", "kind", "actor", "serial", "client_address", "data", "prev_hash", "hash", "mac"],
             (
                 (have + i + 1, db_datetime(now - datetime.timedelta(seconds=events - i)), KINDS[i % 5], "device",
-                 f"BULK-{i % DEVICES:06d}", "198.51.100.7", "{}", "0" * 64, "0" * 64)
+                 f"BULK-{i % DEVICES:06d}", "198.51.100.7", "{}", "0" * 64, "0" * 64, "")
                 for i in range(events - have)
             ),
         )  # fmt: skip

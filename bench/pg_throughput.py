@@ -61,8 +61,8 @@ def unchained_append_many(events: list[Any]) -> list[tuple[Any, ...]]:
     stamp = db_datetime(created_at)
     insert_rows(
         AuditEvent,
-        ["seq", "created_at", "kind", "actor", "serial", "client_address", "data", "prev_hash", "hash"],
-        ((r[0], stamp, r[1], r[2], r[3], r[4], db_json(r[5]), r[6], r[7]) for r in rows),
+        ["seq", "created_at", "kind", "actor", "serial", "client_address", "data", "prev_hash", "hash", "mac"],
+        ((r[0], stamp, r[1], r[2], r[3], r[4], db_json(r[5]), r[6], r[7], "") for r in rows),
     )
     return rows
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import threading
@@ -93,6 +94,36 @@ def _event_hash_matches(event: AuditEvent, keys: list[bytes]) -> bool:
     return any(hmac.compare_digest(hmac.new(key, body, hashlib.sha256).hexdigest(), event.hash) for key in keys)
 
 
+def _content_mac(
+    created_at: datetime, kind: str, actor: str, serial: str, client_address: str | None, data: Any, *, key: bytes
+) -> str:
+    """The writer's HMAC of an event's content, before it has a place in the chain (no seq, no predecessor)."""
+    body = _body(None, created_at, kind, actor, serial, client_address, data, "")
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def _event_mac_matches(event: AuditEvent, keys: list[bytes]) -> bool:
+    """Whether an unchained event still carries the content its writer made its MAC of."""
+    if not event.mac:
+        return False  # every event written since the sequencer exists has one; the rest were chained then
+    fields = (event.created_at, event.kind, event.actor, event.serial, event.client_address, event.data)
+    return any(hmac.compare_digest(_content_mac(*fields, key=key), event.mac) for key in keys)
+
+
+def _address(client_address: str | None) -> str | None:
+    """The address as the database will give it back (PostgreSQL's inet prints the canonical form)."""
+    if not client_address:
+        return client_address
+    try:
+        return str(ipaddress.ip_address(client_address))
+    except ValueError:
+        return client_address
+
+
+class AuditChainBroken(ValueError):
+    """The chain's head does not match its newest event: the sequencer will not build on it."""
+
+
 def legacy_sha256(event: AuditEvent) -> str:
     """The plain SHA-256 chain the log used before it was keyed (the keying migration checks it)."""
     return hashlib.sha256(_body(*_event_fields(event))).hexdigest()
@@ -127,24 +158,30 @@ def audit_append_many(events: list[NewEvent]) -> int:
         raise RuntimeError("audit events must be written inside the transaction of the change they record")
     if not events:
         return 0
-    stamp = db_datetime(timezone.now())
+    now = timezone.now()
+    stamp = db_datetime(now)
+    key = audit_keys()[0]
     # Imports and token runs append one event per device, 100,000 at a time, most sharing one `data`
-    # dict: each distinct dict is encoded once.
-    encoded: dict[int, str] = {}
+    # dict: each distinct dict is encoded once (as stored, and as the database will give it back).
+    encoded: dict[int, tuple[str, Any]] = {}
 
-    def data_json(data: dict[str, Any]) -> str:
-        text = encoded.get(id(data))
-        if text is None:
-            text = encoded[id(data)] = _data_json(data)
-        return text
+    def data_json(data: dict[str, Any]) -> tuple[str, Any]:
+        found = encoded.get(id(data))
+        if found is None:
+            text = _data_json(data)
+            found = encoded[id(data)] = (text, json.loads(text))
+        return found
+
+    def row(event: NewEvent) -> tuple[Any, ...]:
+        text, plain = data_json(event.data)
+        address = _address(event.client_address)
+        mac = _content_mac(now, event.kind, event.actor, event.serial, address, plain, key=key)
+        return (stamp, event.kind, event.actor, event.serial, address, text, "", "", mac)
 
     return insert_rows(
         AuditEvent,
-        ["created_at", "kind", "actor", "serial", "client_address", "data", "prev_hash", "hash"],
-        (
-            (stamp, event.kind, event.actor, event.serial, event.client_address, data_json(event.data), "", "")
-            for event in events
-        ),
+        ["created_at", "kind", "actor", "serial", "client_address", "data", "prev_hash", "hash", "mac"],
+        (row(event) for event in events),
     )
 
 
@@ -156,39 +193,57 @@ def audit_chain_pending(*, batch: int = AUDIT_CHAIN_BATCH) -> int:
     `hash` with a conditional UPDATE (`seq IS NULL`), so two sequencers running at once can never chain
     an event twice or fork the chain. The event's content is hashed as the database gives it back, which
     is what `audit_verify` will read.
+
+    The sequencer holds the key, so it must not sign whatever it finds: an event whose writer's MAC
+    (`mac`) does not match its content was forged or altered in the database and is left unchained (and
+    logged; `audit_verify` reports it). Raises AuditChainBroken, chaining nothing, when the head does not
+    match the newest chained event (rewound or edited): building on it would launder the break.
     """
     total = 0
-    key = audit_keys()[0]
+    keys = audit_keys()
+    refused: list[int] = []
     while True:
         # A look without the lock first: an idle sequencer must not take SQLite's write lock every round.
-        if not AuditEvent.objects.filter(seq__isnull=True).exists():
+        if not AuditEvent.objects.filter(seq__isnull=True).exclude(id__in=refused).exists():
             return total
         with transaction.atomic():
             head = AuditChainHead.objects.select_for_update().filter(pk=1).first()
             if head is None:  # made by a migration; only a flushed test database lacks it
                 AuditChainHead.objects.get_or_create(pk=1)
                 head = AuditChainHead.objects.select_for_update().get(pk=1)
+            newest = AuditEvent.objects.filter(seq__isnull=False).order_by("-seq").values_list("seq", "hash").first()
+            if (head.last_seq, head.last_hash) != (newest or (0, GENESIS_HASH)):
+                raise AuditChainBroken(
+                    f"the audit chain's head (#{head.last_seq}) does not match its newest event "
+                    f"(#{newest[0] if newest else 0}); nothing is chained until verify_audit has been looked at"
+                )
             pending = list(
                 AuditEvent.objects.filter(seq__isnull=True)
+                .exclude(id__in=refused)
                 .order_by("id")
-                .only("id", "created_at", "kind", "actor", "serial", "client_address", "data")[:batch]
+                .only("id", "created_at", "kind", "actor", "serial", "client_address", "data", "mac")[:batch]
             )
             if not pending:
                 return total
             seq, prev_hash = head.last_seq, head.last_hash
             params = []
             for event in pending:
+                if not _event_mac_matches(event, keys):
+                    refused.append(event.id)
+                    logger.error("audit event refused by the sequencer: altered or forged", extra={"id": event.id})
+                    continue
                 seq += 1
                 event.seq, event.prev_hash = seq, prev_hash
-                event.hash = _hash(*_event_fields(event), key=key)
+                event.hash = _hash(*_event_fields(event), key=keys[0])
                 params.append((seq, prev_hash, event.hash, event.id))
                 prev_hash = event.hash
-            if _chain_rows(params) != len(params):
-                # Another sequencer chained some of them first: its head lock makes this unreachable,
-                # but if it ever happens the round must not commit a chain with holes.
-                raise RuntimeError("audit events were chained by someone else during this round")
-            AuditChainHead.objects.filter(pk=1).update(last_seq=seq, last_hash=prev_hash)
-        total += len(pending)
+            if params:
+                if _chain_rows(params) != len(params):
+                    # Another sequencer chained some of them first: its head lock makes this unreachable,
+                    # but if it ever happens the round must not commit a chain with holes.
+                    raise RuntimeError("audit events were chained by someone else during this round")
+                AuditChainHead.objects.filter(pk=1).update(last_seq=seq, last_hash=prev_hash)
+        total += len(params)
         if len(pending) < batch:
             return total
 
@@ -239,6 +294,8 @@ def audit_follow(*, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
             audit_chain_pending()
+        except AuditChainBroken as exc:
+            logger.error("audit chaining stopped", extra={"reason": str(exc)})
         except DatabaseError:
             # The database went away (restart, failover): the next round reconnects.
             logger.warning("audit chaining failed; retrying", exc_info=False)
@@ -281,18 +338,25 @@ def audit_verify(*, anchors: list[Anchor] | None = None) -> list[AuditProblem]:
     event that is missing or differs: a truncated tail, or a database restored from an older backup.
     """
     problems: list[AuditProblem] = []
-    waiting, oldest = audit_unchained()
-    if oldest is not None and timezone.now() - oldest > AUDIT_CHAIN_LAG_LIMIT:
+    keys = audit_keys()
+    unchained = AuditEvent.objects.filter(seq__isnull=True)
+    overdue = unchained.filter(created_at__lt=timezone.now() - AUDIT_CHAIN_LAG_LIMIT)
+    if waiting := overdue.count():
+        oldest = overdue.order_by("created_at").values_list("created_at", flat=True).first()
         problems.append(
             AuditProblem(
                 0,
-                f"{waiting} event(s) not chained yet, the oldest written at {oldest.isoformat()}: "
+                f"{waiting} event(s) not chained yet, the oldest written at {oldest.isoformat()}: "  # type: ignore[union-attr]
                 "is the worker (sync_dynamodb) running?",
             )
         )
+    for event in unchained.order_by("id").iterator(chunk_size=2000):
+        if not _event_mac_matches(event, keys):
+            problems.append(
+                AuditProblem(0, f"unchained event id {event.id} does not match its writer's MAC: altered or forged")
+            )
     expected_seq = 1
     prev_hash = GENESIS_HASH
-    keys = audit_keys()
     for event in _events():
         if event.seq != expected_seq:
             problems.append(AuditProblem(event.seq, f"expected #{expected_seq} here: rows deleted or inserted"))

@@ -295,6 +295,9 @@ class AuditEvent(models.Model):
     data = models.JSONField(default=dict, blank=True)
     prev_hash = models.CharField(max_length=64, blank=True, default="")
     hash = models.CharField(max_length=64, blank=True, default="")
+    # HMAC of the content alone, made by the writer: the sequencer chains only events that carry a valid
+    # one, so an event forged or altered in the database before it is chained is never signed into the chain.
+    mac = models.CharField(max_length=64, blank=True, default="")
 
     objects = AuditEventQuerySet.as_manager()
 

@@ -74,8 +74,8 @@ def test_inserted_row_is_detected(five_events):
     third = five_events[2]
     sql(
         "INSERT INTO provisioning_auditevent"
-        " (seq, created_at, kind, actor, serial, client_address, data, prev_hash, hash)"
-        " VALUES (3, %s, 'device_revoked', 'mallory', 'SN-9', NULL, %s, %s, %s)",
+        " (seq, created_at, kind, actor, serial, client_address, data, prev_hash, hash, mac)"
+        " VALUES (3, %s, 'device_revoked', 'mallory', 'SN-9', NULL, %s, %s, %s, '')",
         third.created_at,
         "{}",
         five_events[1].hash,
@@ -377,15 +377,14 @@ def test_recent_unchained_events_are_not_a_problem_and_verify_only_reads(five_ev
 
 def test_an_event_left_unchained_for_over_a_minute_is_reported(five_events):
     from datetime import timedelta
+    from unittest import mock
 
     from django.utils import timezone
 
-    with transaction.atomic():
+    # Written 61 s ago by a writer whose worker never came: its MAC is of that time, as a real one's is.
+    past = timezone.now() - timedelta(seconds=61)
+    with mock.patch("provisioning.audit.timezone.now", return_value=past), transaction.atomic():
         audit_append(kind="token_issued", actor="alice", serial="SN-STUCK")
-    sql(
-        "UPDATE provisioning_auditevent SET created_at = %s WHERE serial = 'SN-STUCK'",
-        timezone.now() - timedelta(seconds=61),
-    )
 
     with pytest.raises(CommandError, match=r"1 event\(s\) not chained yet.*is the worker \(sync_dynamodb\) running"):
         call_command("verify_audit")
@@ -425,6 +424,70 @@ def test_anchoring_chains_what_is_pending_first(five_events, tmp_path):
 
     assert anchor.seq == 6
     assert AuditEvent.objects.get(serial="SN-ANCHORED").hash == anchor.head
+
+
+def _unchain_and_rewind(from_seq: int) -> None:
+    """What an insider without the key might try: hand events back to the sequencer, so that it signs
+    them again, after rewinding the head to the event before them."""
+    before = AuditEvent.objects.get(seq=from_seq - 1)
+    sql("UPDATE provisioning_auditevent SET seq = NULL, prev_hash = '', hash = '' WHERE seq >= %s", from_seq)
+    sql("UPDATE provisioning_auditchainhead SET last_seq = %s, last_hash = %s WHERE id = 1", before.seq, before.hash)
+
+
+def test_the_sequencer_does_not_sign_events_altered_before_chaining(five_events):
+    _unchain_and_rewind(3)
+    sql("UPDATE provisioning_auditevent SET actor = 'mallory' WHERE serial = 'SN-3'")
+
+    assert audit_chain_pending() == 2, "the unaltered events are chained again, as they were"
+    assert AuditEvent.objects.get(serial="SN-3").seq is None, "the altered one is never signed"
+    assert [str(p) for p in audit_verify() if "MAC" in str(p)] == [
+        f"audit log: unchained event id {AuditEvent.objects.get(serial='SN-3').id} does not match its "
+        "writer's MAC: altered or forged"
+    ]
+
+
+def test_a_forged_event_is_never_chained(five_events):
+    sql(
+        "INSERT INTO provisioning_auditevent (created_at, kind, actor, serial, client_address, data, prev_hash,"
+        " hash, mac) VALUES (%s, 'device_revoked', 'staff:alice', 'SN-9', NULL, '{}', '', '', %s)",
+        five_events[0].created_at,  # back-dated, as a fake "historical" event would be
+        "0" * 64,
+    )
+
+    assert audit_chain_pending() == 0
+    assert AuditEvent.objects.get(serial="SN-9").seq is None
+    assert any("does not match its writer's MAC" in str(p) for p in audit_verify())
+
+
+def test_the_sequencer_does_not_build_on_a_rewound_head(five_events):
+    from provisioning.audit import AuditChainBroken
+
+    sql("UPDATE provisioning_auditchainhead SET last_seq = 3, last_hash = %s WHERE id = 1", five_events[2].hash)
+    with transaction.atomic():
+        audit_append(kind="token_issued", actor="alice", serial="SN-NEXT")
+
+    with pytest.raises(AuditChainBroken, match=r"head \(#3\) does not match its newest event \(#5\)"):
+        audit_chain_pending()
+    assert AuditEvent.objects.get(serial="SN-NEXT").seq is None
+
+
+def test_events_from_ipv6_and_with_any_data_are_chained(db):
+    with transaction.atomic():
+        audit_append(
+            kind="vend_refused",
+            actor="device",
+            serial="SN-Ü",
+            client_address="2001:0db8:0000::0001",
+            data={"reason": "token_wrong", "when": timezone_now(), "n": 1.5, "list": (1, "ä")},
+        )
+    assert audit_chain_pending() == 1
+    assert audit_verify() == []
+
+
+def timezone_now():
+    from django.utils import timezone
+
+    return timezone.now()
 
 
 def _migrate(target: str | None):
@@ -468,6 +531,7 @@ def test_the_keying_migration_rechains_an_intact_plain_log(transactional_db):
     try:
         plain_head = _plain_log(_migrate("0007_product_name_rule"), 3)
         _migrate("0008_audit_keyed_chain")
+        _migrate(None)  # the later migrations leave chained events as they are; verify with today's schema
 
         assert audit_verify() == []
         assert AuditEvent.objects.get(seq=3).hash != plain_head, "re-chained under the key"
@@ -484,3 +548,15 @@ def test_the_keying_migration_refuses_to_launder_an_altered_log(transactional_db
     finally:
         sql("DELETE FROM provisioning_auditevent")
         _migrate(None)
+
+
+def test_a_rewound_head_is_one_line_from_the_commands_and_the_mirror_still_drains(five_events, tmp_path, capsys):
+    sql("UPDATE provisioning_auditchainhead SET last_seq = 3, last_hash = %s WHERE id = 1", five_events[2].hash)
+    with transaction.atomic():
+        audit_append(kind="token_issued", actor="alice", serial="SN-NEXT")
+
+    with pytest.raises(CommandError, match=r"head \(#3\) does not match"):
+        call_command("anchor_audit", "--to", str(tmp_path / "anchors.jsonl"))
+    assert not (tmp_path / "anchors.jsonl").exists(), "a broken head is never anchored"
+    call_command("sync_dynamodb", "--once")
+    assert "does not match its newest event" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 from django.core.management.base import CommandError
 
 from provisioning.anchors import AnchorSinkInvalid, anchor_write
+from provisioning.audit import AuditChainBroken
 
 from ._base import PortalCommand
 
@@ -17,6 +18,6 @@ class Command(PortalCommand):
     def handle(self, *args, to, **options):
         try:
             anchor = anchor_write(sink=to)
-        except AnchorSinkInvalid as exc:
+        except (AnchorSinkInvalid, AuditChainBroken) as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"anchored event #{anchor.seq}, head {anchor.head}, into {to}")

@@ -560,3 +560,29 @@ def test_a_rewound_head_is_one_line_from_the_commands_and_the_mirror_still_drain
     assert not (tmp_path / "anchors.jsonl").exists(), "a broken head is never anchored"
     call_command("sync_dynamodb", "--once")
     assert "does not match its newest event" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source", ["", "  "])
+def test_an_empty_anchors_argument_is_refused_not_skipped(five_events, source):
+    with pytest.raises(CommandError, match="--anchors needs a file path"):
+        call_command("verify_audit", "--anchors", source)
+
+
+def test_an_anchor_source_without_anchors_is_refused(five_events, tmp_path):
+    empty = tmp_path / "anchors.jsonl"
+    empty.write_text("")
+    with pytest.raises(CommandError, match="holds no anchor"):
+        call_command("verify_audit", "--anchors", str(empty))
+
+
+@pytest.mark.parametrize(
+    ("command", "spelling"),
+    [
+        ("anchor_audit", ["--to", "a.jsonl", "--to", "b.jsonl"]),
+        ("anchor_audit", ["--to=a.jsonl", "--to", "b.jsonl"]),
+        ("verify_audit", ["--anchors", "a.jsonl", "--anchors=b.jsonl"]),
+    ],
+)
+def test_a_repeated_single_value_option_is_refused(five_events, command, spelling):
+    with pytest.raises(CommandError, match="was given more than once"):
+        call_command(command, *spelling)

@@ -56,6 +56,29 @@ class PortalCommand(BaseCommand):
             django_error(message)
 
         parser.error = one_line_error  # type: ignore[method-assign]
+        parse_known_args = parser.parse_known_args
+
+        def refusing_repeats(args=None, namespace=None):
+            # argparse keeps only the last of a repeated single-value option (`--to a --to b` writes to b
+            # alone): nothing a user typed may be dropped silently, so a repeat is an error.
+            single = {
+                option: action
+                for action in parser._actions
+                if type(action) is argparse._StoreAction
+                for option in action.option_strings
+            }
+            given: dict[str, str] = {}
+            for word in args or []:
+                option = str(word).split("=", 1)[0]
+                action = single.get(option)
+                if action is None:
+                    continue
+                if action.dest in given:
+                    parser.error(f"{option} was given more than once; give it once")
+                given[action.dest] = option
+            return parse_known_args(args, namespace)
+
+        parser.parse_known_args = refusing_repeats  # type: ignore[method-assign]
         return parser
 
     def execute(self, *args, **options):

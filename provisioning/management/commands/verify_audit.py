@@ -19,10 +19,15 @@ class Command(PortalCommand):
         )
 
     def handle(self, *args, anchors, **options):
+        if anchors is not None and not anchors.strip():
+            # An unset variable in a cron line (`--anchors "$SINK"`) must not pass as "checked".
+            raise CommandError("--anchors needs a file path or s3://BUCKET/PREFIX")
         try:
-            anchored = anchors_read(source=anchors) if anchors else None
+            anchored = anchors_read(source=anchors) if anchors is not None else None
         except AnchorSinkInvalid as exc:
             raise CommandError(str(exc)) from None
+        if anchored == []:
+            raise CommandError(f"{anchors} holds no anchor: nothing to check the log against (truncated?)")
         problems = audit_verify(anchors=anchored)
         for problem in problems:
             self.stderr.write(str(problem))

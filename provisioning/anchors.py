@@ -53,6 +53,8 @@ def anchor_write(*, sink: str) -> Anchor:
     try:
         os.write(fd, line.encode())
         os.fsync(fd)
+    except OSError as exc:  # a device or pipe that cannot keep it (/dev/null refuses fsync), a full disk
+        raise AnchorSinkInvalid(f"cannot write {sink}: {exc.strerror}") from None
     finally:
         os.close(fd)
     return anchor

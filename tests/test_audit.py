@@ -586,3 +586,10 @@ def test_an_anchor_source_without_anchors_is_refused(five_events, tmp_path):
 def test_a_repeated_single_value_option_is_refused(five_events, command, spelling):
     with pytest.raises(CommandError, match="was given more than once"):
         call_command(command, *spelling)
+
+
+def test_an_anchor_sink_that_cannot_keep_it_is_one_line(five_events, tmp_path):
+    sink = tmp_path / "anchors.jsonl"
+    sink.symlink_to("/dev/null")  # takes the write, refuses the fsync that makes it durable
+    with pytest.raises(CommandError, match="cannot write"):
+        call_command("anchor_audit", "--to", str(sink))

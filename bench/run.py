@@ -125,17 +125,7 @@ def bench_overhead() -> dict[str, Any]:
 def bench_vend() -> dict[str, Any]:
     figures: dict[str, Any] = {}
     medians: dict[str, float] = {}
-    for database in ("SQLite", "PostgreSQL"):
-        with contextlib.ExitStack() as stack:
-            if database == "SQLite":
-                env = fresh_env("vend")
-            else:
-                url, problem = stack.enter_context(pg_database())
-                if url is None:
-                    figures["PostgreSQL"] = f"skipped: not reachable at 127.0.0.1:5432 ({problem})"
-                    continue
-                env = fresh_env("vend_pg", DATABASE_URL=url)
-            data = run_module("bench.vend", env, "300")
+    for database, data in on_each_database("bench.vend", "vend", "300", figures=figures):
         ms = {name: statistics.median(data[name]) * 1000 for name in ("vend", "wrong_token", "unknown_serial")}
         medians[database] = ms["vend"]
         figures[f"{database}: vend / wrong token / unknown serial, median ms"] = (
@@ -699,6 +689,18 @@ def pg_database() -> Any:
             admin.execute(f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)")
 
 
+def on_each_database(module: str, name: str, *args: str, figures: dict[str, Any]) -> Any:
+    """Run a benchmark module on SQLite, then on a PostgreSQL database of its own (dropped afterwards);
+    yields (database, what the module printed). Without PostgreSQL, says so in `figures`."""
+    yield "SQLite", run_module(module, fresh_env(name), *args)
+    with pg_database() as (url, problem):
+        if url is None:
+            figures["PostgreSQL"] = f"skipped: not reachable at 127.0.0.1:5432 ({problem})"
+            return
+        data = run_module(module, fresh_env(f"{name}_pg", DATABASE_URL=url), *args)
+    yield "PostgreSQL", data
+
+
 def bench_pg_throughput(seconds: float = 3.0, rounds: int = 2) -> dict[str, Any]:
     target = (
         "vends/s with the chain >= 0.9 x the same vends writing unchained rows (same run), at 1, 4 and 16 "
@@ -751,17 +753,8 @@ def bench_pg_throughput(seconds: float = 3.0, rounds: int = 2) -> dict[str, Any]
 def bench_audit_chain(events: int = 100_000, writers: int = 4, seconds: float = 10.0) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     lags: dict[str, float] = {}
-    for database in ("SQLite", "PostgreSQL"):
-        with contextlib.ExitStack() as stack:
-            if database == "SQLite":
-                env = fresh_env("audit_chain")
-            else:
-                url, problem = stack.enter_context(pg_database())
-                if url is None:
-                    figures["PostgreSQL"] = f"skipped: not reachable at 127.0.0.1:5432 ({problem})"
-                    continue
-                env = fresh_env("audit_chain_pg", DATABASE_URL=url)
-            data = run_module("bench.audit_chain", env, str(events), str(writers), str(seconds))
+    args = (str(events), str(writers), str(seconds))
+    for database, data in on_each_database("bench.audit_chain", "audit_chain", *args, figures=figures):
         rate, lag = data["rate"], data["lag"]
         lags[database] = lag["lag_p99_s"]
         figures[f"{database}: {events:,} events chained, s (events/s)"] = (

@@ -39,6 +39,7 @@ from django.utils import timezone
 
 from .bulk import db_datetime, insert_rows
 from .models import AuditChainHead, AuditEvent
+from .prepared import table as prepared_table
 
 GENESIS_HASH = "0" * 64
 
@@ -257,8 +258,7 @@ def _chain_rows(params: list[tuple[int, str, str, int]]) -> int:
     On PostgreSQL one `UPDATE … FROM (VALUES …)` per thousand events: a statement per row would make the
     sequencer several times slower there. SQLite runs in the process, where executemany costs little.
     """
-    quote = connection.ops.quote_name
-    table = quote(AuditEvent._meta.db_table)  # from the model; every value below is a parameter
+    table = prepared_table(AuditEvent)  # from the model; every value below is a parameter
     changed = 0
     with connection.cursor() as cursor:
         if connection.vendor != "postgresql":

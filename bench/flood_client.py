@@ -29,10 +29,10 @@ from urllib.parse import urlsplit
 class Connection:
     """One kept-alive HTTPS connection; `request` writes raw bytes and returns the answer's status."""
 
-    def __init__(self, host: str, port: int, context: ssl.SSLContext) -> None:
-        raw = socket.create_connection((host, port), timeout=30)
+    def __init__(self, host: str, port: int, context: ssl.SSLContext | None, source: str = "") -> None:
+        raw = socket.create_connection((host, port), timeout=30, source_address=(source, 0) if source else None)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock = context.wrap_socket(raw, server_hostname=host)
+        self.sock = context.wrap_socket(raw, server_hostname=host) if context else raw
         self.buffer = b""
 
     def _fill(self) -> None:
@@ -65,7 +65,7 @@ class Connection:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
-    parser.add_argument("--ca", required=True)
+    parser.add_argument("--ca", default="", help="the CA of an https:// URL")
     parser.add_argument("--rate", type=float, required=True, help="requests per second offered")
     parser.add_argument("--seconds", type=float, default=3600.0)
     parser.add_argument("--count", type=int, default=0, help="stop after this many requests (0: no limit)")
@@ -77,7 +77,7 @@ def main() -> int:
 
     url = urlsplit(args.url)
     host, port = url.hostname or "127.0.0.1", url.port or 443
-    context = ssl.create_default_context(cafile=args.ca)
+    context = ssl.create_default_context(cafile=args.ca) if url.scheme == "https" else None
     known = Path(args.serials).read_text().split() if args.serials else []
     rng = random.Random(7)
     # Addresses from 100.64.0.0/10 (shared address space): nobody the benchmark knows, many of them.

@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
 from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -28,6 +27,7 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from . import aws, metrics
+from .cache import window_increment
 from .middleware import client_address, retry_later_answer
 from .readiness import readiness_check
 from .serializers import (
@@ -123,17 +123,8 @@ class FixedWindowThrottle(BaseThrottle):
     def allow_request(self, request: Request, view: APIView) -> bool:
         now = time.time()
         key = f"cvm:rate:{self.scope}{self.ident(request)}:{int(now // self.window)}"
-        # The counter usually exists: increment first, and create it only when this is the window's first
-        # request (an add that loses a race to another worker's add increments after all).
-        try:
-            count = cache.incr(key)
-        except ValueError:
-            count = 1
-            if not cache.add(key, 1, timeout=self.window * 2):
-                try:
-                    count = cache.incr(key)
-                except ValueError:  # evicted in between
-                    cache.set(key, 1, timeout=self.window * 2)
+        # One round trip on Redis: every request pays it, a flood's included.
+        count = window_increment(key, self.window * 2)
         self._wait = self.window - (now % self.window)
         return count <= self.limit()
 

@@ -69,7 +69,17 @@ def client_address(request: HttpRequest) -> str | None:
     Each proxy appends the address it saw to X-Forwarded-For. Walking from the right, an entry is the
     client once it is not itself a trusted proxy, or after CVM_TRUSTED_PROXIES hops
     (when set); anything further left was written by the client and may be forged.
+
+    Worked out once per request and kept on it: the log, the limits, the lockout and the service all ask.
     """
+    try:
+        return request._cvm_client_address  # type: ignore[attr-defined]
+    except AttributeError:
+        address = request._cvm_client_address = _client_address(request)  # type: ignore[attr-defined]
+        return address
+
+
+def _client_address(request: HttpRequest) -> str | None:
     address = _valid_ip(request.META.get("REMOTE_ADDR", ""))
     if not _trusted_proxy(address):
         return address

@@ -42,6 +42,7 @@ needs_nginx = pytest.mark.skipif(NGINX is None, reason=NO_NGINX)
 TEMPLATES = ROOT / "deploy" / "nginx" / "templates"
 REQUESTS_PER_ADDRESS = 10
 CONNECTIONS_PER_ADDRESS = 64  # deploy/nginx: limit_conn cvm_per_address
+DEVICE_CALLS_PER_SECOND, DEVICE_CALLS_BURST = 20, 40  # deploy/compose.yaml gives 100 and 200
 HEADER_TIMEOUT = 10  # deploy/nginx: client_header_timeout
 SLOW_CLIENTS = 64
 DRIP_SECONDS = 1.0
@@ -85,6 +86,8 @@ def nginx_values(tls, *, https_port: int, http_port: int, upstream: str) -> dict
         "CVM_HTTP_PORT": f"127.0.0.1:{http_port}",
         "CVM_TLS_CERT": str(tls.server_cert),
         "CVM_TLS_KEY": str(tls.server_key),
+        "CVM_DEVICE_CALLS_PER_SECOND": str(DEVICE_CALLS_PER_SECOND),
+        "CVM_DEVICE_CALLS_BURST": str(DEVICE_CALLS_BURST),
     }
 
 
@@ -243,8 +246,9 @@ def test_per_address_limits_see_the_client_behind_the_proxy_not_what_it_claims(s
 def test_the_proxy_limits_concurrent_requests_per_address(stack):
     context = ssl.create_default_context(cafile=str(stack.ca))
     held: list[ssl.SSLSocket] = []
+    # Not a device call: those are also limited per second (limit_req), which would answer some of them.
     header = (
-        b"POST /api/v1/certificates HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"POST /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: 1000\r\n\r\n"
     )
     try:
@@ -265,8 +269,46 @@ def test_the_proxy_limits_concurrent_requests_per_address(stack):
 
     assert over == 429
     assert headers["Retry-After"] == "5"
-    assert body == {"detail": "too many concurrent requests from this address; retry later"}
+    assert body == {"detail": "too many requests from this address; retry later"}
     assert elsewhere == 200
+
+
+def test_a_flood_of_device_calls_beyond_the_rate_is_answered_by_the_proxy_alone(stack):
+    context = ssl.create_default_context(cafile=str(stack.ca))
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", stack.https_port, context=context, timeout=60, source_address=("127.0.0.10", 0)
+    )
+    answers: list[tuple[int, str, bytes, str | None]] = []
+    started = time.monotonic()
+    try:
+        for number in range(150):  # one kept-alive connection, as fast as the proxy answers
+            request_id = uuid.uuid4().hex
+            body = json.dumps({"serial": f"PX-FLOOD-{number:04d}", "token": "not-a-token-0000"})
+            connection.request("POST", "/api/v1/certificates", body=body,
+                               headers={"Content-Type": "application/json", "X-Request-ID": request_id})  # fmt: skip
+            response = connection.getresponse()
+            answers.append((response.status, request_id, response.read(), response.getheader("Retry-After")))
+    finally:
+        connection.close()
+    seconds = time.monotonic() - started
+    other, _, _ = stack.request(
+        "POST", "/api/v1/certificates", source="127.0.0.11", body={"serial": "PX-OTHER", "token": "not-a-token-0000"}
+    )
+
+    # The proxy's own answer (deploy/nginx: @api_busy), told from the portal's (403, or its own 429 once
+    # CVM_REQUESTS_PER_ADDRESS is spent) by its text.
+    proxy_detail = "too many requests from this address; retry later"
+    refused_here = [answer for answer in answers if json.loads(answer[2])["detail"] == proxy_detail]
+    passed = [answer for answer in answers if json.loads(answer[2])["detail"] != proxy_detail]
+    assert refused_here, f"150 calls in {seconds:.1f} s never met the proxy's rate"
+    assert len(passed) <= DEVICE_CALLS_BURST + DEVICE_CALLS_PER_SECOND * seconds + 1
+    assert {status for status, *_ in refused_here} == {429}
+    assert {retry_after for *_, retry_after in refused_here} == {"5"}
+    assert all(stack.logged_client(request_id) is None for _, request_id, _, _ in refused_here), (
+        "a call the proxy refused reached the portal"
+    )
+    assert all(stack.logged_client(request_id) == "127.0.0.10" for _, request_id, _, _ in passed)
+    assert other == 403, "another address keeps its own rate"
 
 
 class SlowClients:

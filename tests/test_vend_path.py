@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from provisioning.models import AuditEvent, AuditKind, Device, DeviceState, DynamoOutbox, WebhookDelivery
@@ -92,3 +92,45 @@ def test_an_endpoint_added_or_disabled_takes_effect_for_the_very_next_vend(aws_m
 
     delivered = list(WebhookDelivery.objects.values_list("serial", "event_type"))
     assert delivered == [(second.serial, "certificate.issued")]
+
+
+def test_the_failure_window_reads_only_the_callers_own_refusals(db):
+    """Asked on every device call: it must cost the same however many other callers were refused this
+    hour. A query that walks every refusal of the window makes a spray from many addresses dearer with
+    each refusal it adds."""
+    import datetime
+
+    from django.utils import timezone
+
+    from provisioning.audit import audit_append
+    from provisioning.selectors import _refusals_sql, refusals_in_window
+
+    now = timezone.now()
+    with transaction.atomic():
+        for i in range(30):  # other callers' refusals, and the caller's own
+            audit_append(kind=AuditKind.VEND_REFUSED, actor="device", serial=f"SN-OTHER-{i}",
+                         client_address=f"198.51.100.{i}", data={"reason": "token_wrong"})  # fmt: skip
+        for address in ("192.0.2.7", "192.0.2.8"):
+            audit_append(kind=AuditKind.VEND_REFUSED, actor="device", serial="SN-MINE", client_address=address,
+                         data={"reason": "token_wrong"})  # fmt: skip
+        audit_append(kind=AuditKind.ROTATE_REFUSED, actor="device", serial="SN-MINE", client_address="192.0.2.7",
+                     data={"reason": "proof_wrong"})  # fmt: skip
+
+    by_serial, by_address = refusals_in_window(
+        since=now - datetime.timedelta(hours=1), serial="SN-MINE", client_address="192.0.2.7"
+    )
+    nobody = refusals_in_window(since=now - datetime.timedelta(hours=1), serial="SN-NONE", client_address=None)
+
+    assert (by_serial.count, by_address.count) == (3, 2)
+    assert by_serial.oldest is not None
+    assert by_serial.oldest >= now - datetime.timedelta(seconds=60)
+    assert (nobody[0].count, nobody[1].count, nobody[1].oldest) == (0, 0, None)
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN QUERY PLAN " + _refusals_sql("sqlite").replace("%s", "?"), ["s", "a", "b", now,
+                           "192.0.2.7", "a", "b", now])  # fmt: skip
+            plan = " | ".join(row[-1] for row in cursor.fetchall())
+        assert "audit_serial_kind_time (serial=?" in plan, plan
+        assert "audit_address_kind_time (client_address=?" in plan, plan
+        assert "audit_kind_time" not in plan, plan
+        assert "SCAN provisioning_auditevent" not in plan, plan

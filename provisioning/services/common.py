@@ -330,18 +330,12 @@ def staff_login_record(*, username: str, succeeded: bool, client_address: str | 
     last of them says so): someone spraying usernames from one address cannot grow the log without
     bound. django-axes still counts every attempt for the lockout.
     """
-    from django.core.cache import cache
-
+    from ..cache import window_increment
     from ..models import AuditKind
 
     data: dict[str, Any] = {}
     if not succeeded:
-        key = f"cvm:login-failures:{client_address or '-'}"
-        cache.add(key, 0, timeout=LOGIN_FAILURE_WINDOW_SECONDS)
-        try:
-            count = cache.incr(key)
-        except ValueError:  # evicted between add and incr
-            count = 1
+        count = window_increment(f"cvm:login-failures:{client_address or '-'}", LOGIN_FAILURE_WINDOW_SECONDS)
         if count > LOGIN_FAILURE_EVENTS_PER_ADDRESS:
             return
         if count == LOGIN_FAILURE_EVENTS_PER_ADDRESS:

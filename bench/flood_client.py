@@ -2,11 +2,15 @@
 
 Kept-alive TLS connections, one thread each, requests written by hand: the client spends as little CPU as
 it can, so what the machine loses to the flood is the portal's share, not this program's. Each request
-carries a wrong token for a serial from SERIALS (or a made-up one) and, behind the trusted proxy the
-benchmark configures, an X-Forwarded-For address: always ADDRESS, or one of ADDRESSES many.
+carries a wrong token for a serial from SERIALS (or a made-up one) and, when the benchmark trusts the
+loopback address as a proxy, an X-Forwarded-For address: always ADDRESS, or one of ADDRESSES many.
 
     python -m bench.flood_client --url https://127.0.0.1:PORT --ca CA --rate 150 --seconds 10 \
         [--count N] [--connections 4] [--address 198.51.100.66 | --addresses 5000] [--serials FILE]
+        [--source 127.66.0.1 | --sources 5000 [--per-connection 10]]
+
+Behind nginx, which writes X-Forwarded-For itself, `--source`/`--sources` give the address instead: the
+connections' own source addresses, from 127.0.0.0/8 (all loopback on Linux).
 
 Prints `started` when its connections are open, then one JSON line when done: answers by status,
 requests sent, seconds, connection errors.
@@ -73,6 +77,10 @@ def main() -> int:
     parser.add_argument("--address", default="", help="one client address for every request")
     parser.add_argument("--addresses", type=int, default=0, help="this many distinct client addresses")
     parser.add_argument("--serials", default="", help="a file of known serials, one a line")
+    # Behind nginx the proxy writes X-Forwarded-For itself: the address is the connection's own source.
+    parser.add_argument("--source", default="", help="one loopback source address for every connection")
+    parser.add_argument("--sources", type=int, default=0, help="connections from this many loopback addresses")
+    parser.add_argument("--per-connection", type=int, default=10, help="requests per connection with --sources")
     args = parser.parse_args()
 
     url = urlsplit(args.url)
@@ -82,6 +90,9 @@ def main() -> int:
     rng = random.Random(7)
     # Addresses from 100.64.0.0/10 (shared address space): nobody the benchmark knows, many of them.
     pool = [f"100.{64 + i // 65536 % 64}.{i // 256 % 256}.{i % 256}" for i in range(args.addresses)]
+    # Source addresses from 127.100.0.0/14: all loopback, so the client can bind them on Linux.
+    sources = [f"127.{100 + i // 65536 % 4}.{i // 256 % 256}.{i % 256 or 1}" for i in range(args.sources)]
+    next_source = iter(range(10**9))
 
     def request_bytes(i: int) -> bytes:
         serial = known[i % len(known)] if known and i % 2 == 0 else f"NOBODY-{rng.randrange(10**9):09d}"
@@ -95,7 +106,12 @@ def main() -> int:
 
     total = args.count or 10**9
     prepared = [request_bytes(i) for i in range(min(total, int(args.rate * args.seconds) + 1))]
-    connections = [Connection(host, port, context) for _ in range(args.connections)]
+
+    def connect() -> Connection:
+        source = sources[next(next_source) % len(sources)] if sources else args.source
+        return Connection(host, port, context, source)
+
+    connections = [connect() for _ in range(args.connections)]
     statuses: dict[int, int] = {}
     errors = [0]
     lock = threading.Lock()
@@ -106,7 +122,12 @@ def main() -> int:
     def send(worker: int) -> None:
         connection = connections[worker]
         seen: dict[int, int] = {}
+        sent_here = 0
         for i in range(worker, len(prepared), args.connections):
+            if sources and sent_here == args.per_connection:  # the next address
+                connection.close()
+                connection, sent_here = connect(), 0
+            sent_here += 1
             due = started + i / args.rate
             now = time.perf_counter()
             if due >= deadline:
@@ -120,12 +141,12 @@ def main() -> int:
                 with lock:
                     errors[0] += 1
                 connection.close()
-                connection = Connection(host, port, context)
+                connection = connect()
                 continue
             seen[status] = seen.get(status, 0) + 1
             if not keep:
                 connection.close()
-                connection = Connection(host, port, context)
+                connection = connect()
         connection.close()
         with lock:
             for status, n in seen.items():

@@ -307,3 +307,32 @@ def test_the_iam_policy_scopes_every_resource_aws_lets_it_scope():
                 kind = pattern.removeprefix(f"arn:aws:iot:{region}:{account}:").split("/")[0]
                 assert kind in {"thing", "cert", "policy", "thinggroup", "thingtype"}, pattern
         assert f"arn:aws:iot:{region}:{account}:policy/*" not in patterns, "policies are scoped by name"
+
+
+def test_the_emulator_answers_concurrent_calls_as_aws_would():
+    """moto's backends have no lock of their own: a DescribeThing iterating the things while another
+    thread's CreateThing adds one fails ("OrderedDict mutated during iteration"), a 500 AWS never gives.
+    With the emulator's fixes each call is handled whole; concurrent vends in the tests and against the
+    emulator (`make run`) rely on it."""
+    import threading
+
+    apply_fixes()
+    failures: list[str] = []
+    with mock_aws():
+        iot = boto3.client("iot", region_name="us-east-1")
+
+        def things(worker: int) -> None:
+            for i in range(100):
+                try:
+                    iot.create_thing(thingName=f"race-{worker}-{i}")
+                    iot.describe_thing(thingName=f"race-{worker}-{i}")
+                except Exception as exc:  # any failure is the finding
+                    failures.append(repr(exc)[:200])
+
+        threads = [threading.Thread(target=things, args=(worker,)) for worker in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    assert failures == []

@@ -12,8 +12,6 @@ import contextlib
 import http.client
 import json
 import os
-import re
-import shutil
 import socket
 import ssl
 import subprocess
@@ -28,67 +26,23 @@ from pathlib import Path
 import pytest
 
 from scripts.local_tls import ensure_tls
+from scripts.nginx import NGINX, nginx_command, nginx_values, write_nginx_conf
 from scripts.processes import PYTHON, ROOT, Children, emulator_command, free_port, manage, wait_for_port, wait_until
 
 from .conftest import make_csr
 
 pytestmark = pytest.mark.e2e
 
-NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 NO_NGINX = "nginx is not installed (apt-get install nginx; .ci/run does)"
 if NGINX is None and os.environ.get("CVM_REQUIRE_NGINX"):
     raise RuntimeError(f"CVM_REQUIRE_NGINX is set but {NO_NGINX}")
 needs_nginx = pytest.mark.skipif(NGINX is None, reason=NO_NGINX)
-TEMPLATES = ROOT / "deploy" / "nginx" / "templates"
 REQUESTS_PER_ADDRESS = 10
 CONNECTIONS_PER_ADDRESS = 64  # deploy/nginx: limit_conn cvm_per_address
 DEVICE_CALLS_PER_SECOND, DEVICE_CALLS_BURST = 20, 40  # deploy/compose.yaml gives 100 and 200
 HEADER_TIMEOUT = 10  # deploy/nginx: client_header_timeout
 SLOW_CLIENTS = 64
 DRIP_SECONDS = 1.0
-
-
-def render(template: Path, values: dict[str, str]) -> str:
-    """What the nginx image's entrypoint does: ${NAME} of the environment replaced, nginx's $vars kept."""
-    text = template.read_text()
-    for name, value in values.items():
-        text = text.replace("${" + name + "}", value)
-    assert not re.search(r"\$\{CVM_\w+\}", text), "a template variable was left unrendered"
-    return text
-
-
-def write_nginx_conf(directory: Path, values: dict[str, str]) -> Path:
-    """The test's main nginx.conf: everything under `directory`, the portal's server config included."""
-    included = directory / "conf.d"
-    included.mkdir(exist_ok=True)
-    for template in TEMPLATES.glob("*.template"):
-        (included / template.name.removesuffix(".template")).write_text(render(template, values))
-    temp = "\n".join(
-        f"    {kind}_temp_path {directory / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    # Run as root (CI), nginx would hand its workers to `nobody`, who cannot enter pytest's 0700 directories.
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    conf = directory / "nginx.conf"
-    conf.write_text(
-        f"{user}worker_processes 1;\npid {directory / 'nginx.pid'};\nerror_log {directory / 'error.log'} notice;\n"
-        "events { worker_connections 1024; }\n"
-        f"http {{\n    access_log {directory / 'access.log'};\n{temp}\n"
-        f"    include {included}/*.conf;\n}}\n"
-    )
-    return conf
-
-
-def nginx_values(tls, *, https_port: int, http_port: int, upstream: str) -> dict[str, str]:
-    return {
-        "CVM_SERVER_NAME": "127.0.0.1 localhost",
-        "CVM_PORTAL_UPSTREAM": upstream,
-        "CVM_HTTPS_PORT": f"127.0.0.1:{https_port}",
-        "CVM_HTTP_PORT": f"127.0.0.1:{http_port}",
-        "CVM_TLS_CERT": str(tls.server_cert),
-        "CVM_TLS_KEY": str(tls.server_key),
-        "CVM_DEVICE_CALLS_PER_SECOND": str(DEVICE_CALLS_PER_SECOND),
-        "CVM_DEVICE_CALLS_BURST": str(DEVICE_CALLS_BURST),
-    }
 
 
 @needs_nginx
@@ -196,10 +150,12 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         )  # fmt: skip
         conf = write_nginx_conf(
             workdir,
-            nginx_values(tls, https_port=https_port, http_port=http_port, upstream=f"127.0.0.1:{gunicorn_port}"),
-        )
-        nginx = [NGINX, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log"), "-g", "daemon off;"]
-        proxy = children.start("nginx", nginx, env=env, output=workdir / "nginx.log")
+            nginx_values(
+                tls, https_port=https_port, http_port=http_port, upstream=f"127.0.0.1:{gunicorn_port}",
+                device_calls_per_second=DEVICE_CALLS_PER_SECOND, device_calls_burst=DEVICE_CALLS_BURST,
+            ),
+        )  # fmt: skip
+        proxy = children.start("nginx", nginx_command(workdir, conf), env=env, output=workdir / "nginx.log")
         context = ssl.create_default_context(cafile=str(tls.ca_cert))
         health = f"https://127.0.0.1:{https_port}/api/v1/health"
         wait_until(

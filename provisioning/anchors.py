@@ -31,11 +31,16 @@ def _s3_location(location: str) -> tuple[str, str] | None:
 
 
 def anchor_write(*, sink: str) -> Anchor:
-    """Chain what is pending, then append the chain's head to `sink`; returns it."""
-    audit_chain_pending()
-    anchor = audit_head()
+    """Chain what is pending, then append the chain's head to `sink`; returns it.
+
+    A file sink is checked first: one that cannot be opened is refused before anything is chained.
+    Raises AnchorSinkInvalid (the sink cannot be used), AuditChainBroken (the head does not match the
+    chain), aws.AwsError (S3 did not take the anchor).
+    """
     s3 = _s3_location(sink)
     if s3 is not None:
+        audit_chain_pending()
+        anchor = audit_head()
         aws.anchor_put(
             bucket=s3[0],
             prefix=s3[1],
@@ -45,18 +50,29 @@ def anchor_write(*, sink: str) -> Anchor:
             retention_days=settings.CVM_AUDIT_ANCHOR_RETENTION_DAYS,
         )
         return anchor
-    line = json.dumps({"seq": anchor.seq, "head": anchor.head, "time": anchor.time}, sort_keys=True) + "\n"
+    path = Path(sink)
+    fd: int | None = None
     try:
-        fd = os.open(Path(sink), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    except FileNotFoundError:
+        # Created only once there is an anchor to write: a refused command leaves no file behind.
+        if not path.parent.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
+            raise AnchorSinkInvalid(f"cannot open {sink}: its directory is missing or not writable") from None
     except OSError as exc:
         raise AnchorSinkInvalid(f"cannot open {sink}: {exc.strerror}") from None
     try:
+        audit_chain_pending()
+        anchor = audit_head()
+        line = json.dumps({"seq": anchor.seq, "head": anchor.head, "time": anchor.time}, sort_keys=True) + "\n"
+        if fd is None:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.write(fd, line.encode())
         os.fsync(fd)
     except OSError as exc:  # a device or pipe that cannot keep it (/dev/null refuses fsync), a full disk
         raise AnchorSinkInvalid(f"cannot write {sink}: {exc.strerror}") from None
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
     return anchor
 
 

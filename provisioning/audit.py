@@ -367,8 +367,13 @@ def audit_verify(*, anchors: list[Anchor] | None = None) -> list[AuditProblem]:
         prev_hash = event.hash
         expected_seq = event.seq + 1
     head = AuditChainHead.objects.filter(pk=1).first() or AuditChainHead(last_seq=0, last_hash=GENESIS_HASH)
-    if head.last_seq != expected_seq - 1 or head.last_hash != prev_hash:
+    newest = expected_seq - 1
+    if head.last_seq > newest:
         problems.append(AuditProblem(head.last_seq, "the newest events are missing: rows deleted at the end"))
+    elif head.last_seq < newest:
+        problems.append(AuditProblem(head.last_seq, f"the chain head was moved back from #{newest}: it was rewound"))
+    elif head.last_hash != prev_hash:
+        problems.append(AuditProblem(head.last_seq, "the chain head's hash does not match that event: it was edited"))
     for anchor in anchors or []:
         problems.extend(_anchor_problems(anchor))
     return problems

@@ -50,6 +50,9 @@ from .services import device_reset, device_revoke, devices_import, tokens_issue
 UNKNOWN_SERIAL = "unknown serial"
 
 
+NUMERIC_FIELDS = frozenset({"AutoField", "BigAutoField", "BigIntegerField", "IntegerField", "PositiveBigIntegerField"})
+
+
 class StaffPagination(CursorPagination):
     """`{"results": [...], "next": URL or null}`; `page_size` 1 to 1000 (default 100)."""
 
@@ -57,12 +60,25 @@ class StaffPagination(CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 1000
 
+    invalid_cursor = "invalid cursor: use the next URL of the previous page"
+
+    def paginate_queryset(self, queryset: Any, request: Request, view: Any = None) -> Any:
+        self.model = queryset.model  # decode_cursor checks a position against the ordering field's type
+        return super().paginate_queryset(queryset, request, view)
+
     def decode_cursor(self, request: Request) -> Any:
         try:
-            return super().decode_cursor(request)
+            cursor = super().decode_cursor(request)
         except NotFound:
             # DRF says 404; the list exists, the cursor is what is wrong.
-            raise ValidationError({"cursor": ["invalid cursor: use the next URL of the previous page"]}) from None
+            raise ValidationError({"cursor": [self.invalid_cursor]}) from None
+        # DRF passes the position through as text: on a numeric ordering a forged "-5" would quietly
+        # restart the listing instead of saying the cursor is wrong.
+        if cursor is not None and cursor.position is not None:
+            field = self.model._meta.get_field(self.ordering[0].lstrip("-"))
+            if field.get_internal_type() in NUMERIC_FIELDS and not cursor.position.isdigit():
+                raise ValidationError({"cursor": [self.invalid_cursor]})
+        return cursor
 
     def get_paginated_response(self, data: Any) -> Response:
         return Response({"results": data, "next": self.get_next_link()})

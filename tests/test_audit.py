@@ -67,6 +67,16 @@ def test_deleted_newest_row_is_detected(five_events):
     assert [str(p) for p in problems] == ["audit event #5: the newest events are missing: rows deleted at the end"]
 
 
+def test_a_head_moved_back_or_edited_without_a_row_deleted_is_named_as_such(five_events):
+    sql("UPDATE provisioning_auditchainhead SET last_seq = 3, last_hash = %s WHERE id = 1", five_events[2].hash)
+    assert [str(p) for p in audit_verify()] == ["audit event #3: the chain head was moved back from #5: it was rewound"]
+
+    sql("UPDATE provisioning_auditchainhead SET last_seq = 5, last_hash = %s WHERE id = 1", "0" * 64)
+    assert [str(p) for p in audit_verify()] == [
+        "audit event #5: the chain head's hash does not match that event: it was edited"
+    ]
+
+
 def test_inserted_row_is_detected(five_events):
     # A forged row squeezed in with a plausible hash of its own, and later rows renumbered.
     sql("UPDATE provisioning_auditevent SET seq = seq + 100 WHERE seq >= 3")
@@ -593,3 +603,18 @@ def test_an_anchor_sink_that_cannot_keep_it_is_one_line(five_events, tmp_path):
     sink.symlink_to("/dev/null")  # takes the write, refuses the fsync that makes it durable
     with pytest.raises(CommandError, match="cannot write"):
         call_command("anchor_audit", "--to", str(sink))
+
+
+def test_a_sink_that_cannot_be_opened_is_refused_before_anything_is_chained(five_events, tmp_path):
+    with transaction.atomic():
+        audit_append(kind="token_issued", actor="alice", serial="SN-PENDING")
+
+    with pytest.raises(CommandError, match="cannot open"):
+        call_command("anchor_audit", "--to", str(tmp_path / "no-such-directory" / "anchors.jsonl"))
+
+    assert AuditEvent.objects.filter(seq__isnull=True).count() == 1, "a refused command changed nothing"
+
+
+def test_an_s3_sink_that_refuses_names_s3_not_aws_iot(five_events, aws_mock):
+    with pytest.raises(CommandError, match=r"^Amazon S3 refused PutObject \(NoSuchBucket\)"):
+        call_command("anchor_audit", "--to", "s3://no-such-bucket/anchors/")

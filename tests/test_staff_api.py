@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from io import StringIO
@@ -394,6 +395,15 @@ def test_audit_events_oldest_first_filtered_and_paginated(as_role, active_device
     assert all(e["created_at"] >= since for e in later)
     assert client.get("/api/v1/audit-events?since=yesterday").status_code == 400
     assert client.get("/api/v1/audit-events?kind=nope").status_code == 400
+    # A cursor that decodes but names no position an event can have is refused, not read as "from the start".
+    for forged in ("p=-5", "p=x", "p=1.5", "p="):
+        cursor = base64.b64encode(forged.encode()).decode()
+        response = client.get("/api/v1/audit-events", {"cursor": cursor})
+        assert response.status_code == 400, forged
+        assert response.json() == {"cursor": ["invalid cursor: use the next URL of the previous page"]}
+    genuine = base64.b64encode(f"p={events[1]['seq']}".encode()).decode()
+    after = client.get("/api/v1/audit-events", {"cursor": genuine, "serial": "SN-ACTIVE"}).json()["results"]
+    assert [e["seq"] for e in after] == [e["seq"] for e in events[2:]]
 
 
 def test_each_key_has_its_own_rate_limit(as_role, settings, make_device):

@@ -63,11 +63,14 @@ class AwsError(Exception):
 
     kind = "error"  # "transient" or "configuration": metrics, logs and the dashboard tell them apart
 
-    def __init__(self, code: str, operation: str, retry_after: int = OUTAGE_RETRY_AFTER) -> None:
+    def __init__(
+        self, code: str, operation: str, retry_after: int = OUTAGE_RETRY_AFTER, *, service: str = "AWS IoT"
+    ) -> None:
         super().__init__(f"{operation}: {code}")
         self.code = code
         self.operation = operation
         self.retry_after = retry_after
+        self.service = service  # who did not answer or refused, as staff know it: "AWS IoT", "DynamoDB", "Amazon S3"
         # Set by certificate_provision when it could not remove the certificate it had created.
         self.leftover_certificate_id: str | None = None
 
@@ -85,20 +88,28 @@ class AwsRejected(AwsError):
     kind = "configuration"
 
 
-def _translate(operation: str, exc: Exception) -> AwsError:
+def _translate(operation: str, exc: Exception, service: str) -> AwsError:
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "Unknown")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if code in TRANSIENT_CODES or "Throttl" in code:
-            return AwsUnavailable(code, operation, THROTTLE_RETRY_AFTER)
+            return AwsUnavailable(code, operation, THROTTLE_RETRY_AFTER, service=service)
         if status >= 500:
-            return AwsUnavailable(code, operation)
-        return AwsRejected(code, operation)
+            return AwsUnavailable(code, operation, service=service)
+        return AwsRejected(code, operation, service=service)
     # Connection errors, timeouts and anything else botocore raises: AWS could not be reached.
-    return AwsUnavailable(type(exc).__name__, operation)
+    return AwsUnavailable(type(exc).__name__, operation, service=service)
 
 
-def call(operation: str, fn: Callable[..., T], /, *, expected: frozenset[str] = frozenset(), **kwargs: Any) -> T:
+def call(
+    operation: str,
+    fn: Callable[..., T],
+    /,
+    *,
+    expected: frozenset[str] = frozenset(),
+    service: str = "AWS IoT",
+    **kwargs: Any,
+) -> T:
     """Make one AWS call; translate, log and count its failure.
 
     `expected` names error codes the caller handles as an answer (ResourceNotFound while ensuring a
@@ -110,7 +121,7 @@ def call(operation: str, fn: Callable[..., T], /, *, expected: frozenset[str] = 
     try:
         return fn(**kwargs)
     except (ClientError, BotoCoreError) as exc:
-        error = _translate(operation, exc)
+        error = _translate(operation, exc, service)
         if error.code not in expected:
             _report(error)
         raise error from None
@@ -155,12 +166,16 @@ def iot_admit(operations: list[str]) -> None:
 
 def s3(operation: str, /, *, expected: frozenset[str] = frozenset(), **kwargs: Any) -> Any:
     """An S3 call by its API name (audit anchors only)."""
-    return call(operation, getattr(s3_client(), xform_name(operation)), expected=expected, **kwargs)
+    return call(
+        operation, getattr(s3_client(), xform_name(operation)), expected=expected, service="Amazon S3", **kwargs
+    )
 
 
 def dynamodb(operation: str, /, *, expected: frozenset[str] = frozenset(), **kwargs: Any) -> Any:
     """A DynamoDB call by its API name (`"PutItem"`)."""
-    return call(operation, getattr(dynamodb_client(), xform_name(operation)), expected=expected, **kwargs)
+    return call(
+        operation, getattr(dynamodb_client(), xform_name(operation)), expected=expected, service="DynamoDB", **kwargs
+    )
 
 
 def _refuse_hard_limits(response: Any = None, operation: Any = None, **_: Any) -> None:
@@ -185,6 +200,9 @@ def _config() -> Config:
 _client_lock = threading.Lock()
 
 
+SERVICE_NAMES = {"iot": "AWS IoT", "dynamodb": "DynamoDB", "s3": "Amazon S3"}
+
+
 def _client(service: str, config: Config | None = None) -> Any:
     # Endpoints come from boto3's own environment variables (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_IOT ...),
     # which an explicit endpoint_url would override. botocore reads AWS_DEFAULT_REGION but not
@@ -195,7 +213,7 @@ def _client(service: str, config: Config | None = None) -> Any:
                 service, region_name=os.environ.get("AWS_REGION") or None, config=config or _config()
             )
     except BotoCoreError as exc:  # no region, no credentials file, a malformed endpoint ...
-        raise AwsRejected(type(exc).__name__, f"create {service} client") from None
+        raise AwsRejected(type(exc).__name__, f"create {service} client", service=SERVICE_NAMES[service]) from None
 
 
 @functools.cache

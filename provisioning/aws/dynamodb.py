@@ -41,7 +41,7 @@ def table_ensure(*, table_name: str) -> bool:
     deadline = time.monotonic() + TABLE_READY_SECONDS
     while dynamodb("DescribeTable", TableName=table_name)["Table"].get("TableStatus") != "ACTIVE":
         if time.monotonic() > deadline:
-            raise AwsUnavailable("TableNotActive", "DescribeTable")
+            raise AwsUnavailable("TableNotActive", "DescribeTable", service="DynamoDB")
         time.sleep(1)
     return True
 

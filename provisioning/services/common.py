@@ -353,7 +353,7 @@ def aws_failure_advice(exc: aws.AwsError) -> str:
     """What staff should do about an AWS failure: wait and retry, or fix the configuration first."""
     if isinstance(exc, aws.AwsRejected):
         return (
-            f"AWS IoT refused {exc.operation} ({exc.code}): check the portal's AWS configuration and "
+            f"{exc.service} refused {exc.operation} ({exc.code}): check the portal's AWS configuration and "
             "permissions; retrying will not help until that is fixed"
         )
-    return f"AWS IoT did not answer {exc.operation} ({exc.code}); try again in a minute"
+    return f"{exc.service} did not answer {exc.operation} ({exc.code}); try again in a minute"

@@ -28,10 +28,26 @@ REQUEST_ID_RE = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
 
 
 def _valid_ip(value: str) -> str | None:
+    """The address in `value` in one canonical form, or None when it names none.
+
+    Proxies write addresses in more than one spelling, and each spelling must count as the same caller:
+    a port is dropped (`1.2.3.4:5555`, `[2001:db8::1]:443`, as some load balancers append it), an IPv6
+    zone (`fe80::1%eth0`, which PostgreSQL's inet refuses) is dropped, and an IPv4-mapped IPv6 address
+    (`::ffff:1.2.3.4`) is the IPv4 address it maps.
+    """
+    text = value.strip()
+    if text.startswith("[") and "]" in text:  # [v6] or [v6]:port
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:  # v4:port; an IPv6 address has at least two colons
+        text = text.partition(":")[0]
+    text = text.partition("%")[0]
     try:
-        return str(ipaddress.ip_address(value.strip()))
+        ip = ipaddress.ip_address(text)
     except ValueError:
         return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def _trusted_proxy(address: str | None) -> bool:

@@ -451,6 +451,18 @@ def test_a_busy_device_is_told_to_retry_when_the_claim_can_really_be_recovered(a
     assert 99 <= int(response["Retry-After"]) <= 101
 
 
+def test_a_claim_made_after_the_call_began_never_advises_more_than_the_claim_timeout(make_device, settings):
+    from provisioning.services.vending import claim_retry_after
+
+    settings.CVM_CLAIM_TIMEOUT_SECONDS = 120
+    make_device("SN-1")
+    began = timezone.now()
+    # A concurrent call claimed the device a moment after this one read the clock.
+    Device.objects.filter(serial="SN-1").update(state=DeviceState.ISSUING, claimed_at=began + timedelta(seconds=0.5))
+
+    assert claim_retry_after(Device.objects.get(serial="SN-1"), began) == 120
+
+
 def test_issue_tokens_on_an_issuing_device_does_not_advise_reset(tmp_path, make_device):
     make_device("SN-1")
     Device.objects.filter(serial="SN-1").update(state=DeviceState.ISSUING, claimed_at=timezone.now())

@@ -267,6 +267,14 @@ def test_a_flood_of_device_calls_beyond_the_rate_is_answered_by_the_proxy_alone(
     assert other == 403, "another address keeps its own rate"
 
 
+def test_the_proxys_own_answers_to_device_calls_are_json_on_the_earlier_call_too(stack):
+    for path in ("/api/v1/certificates", "/getcert"):
+        status, headers, body = stack.request("POST", path, source="127.0.0.12", body={"pad": "a" * 1_100_000})
+        assert status == 413, path
+        assert headers["Content-Type"] == "application/json", path
+        assert body == {"detail": "request body too large"}, path
+
+
 class SlowClients:
     """SLOW_CLIENTS connections from one address, each sending its request header one byte every
     DRIP_SECONDS and opening a new connection whenever the server closes one (so the count holds).

@@ -232,6 +232,41 @@ def test_forwarded_headers_from_anyone_but_the_proxy_are_dropped():
     assert client_address(proxied) == "198.51.100.9", "the address the proxy saw, not the forged one"
 
 
+@pytest.mark.parametrize(
+    ("written", "counted"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        ("203.0.113.7:5555", "203.0.113.7"),
+        ("[::ffff:203.0.113.7]:443", "203.0.113.7"),
+        ("[2001:db8::1]:443", "2001:db8::1"),
+        ("2001:db8::1%eth0", "2001:db8::1"),
+        ("fe80::1%25x", "fe80::1"),
+        ("2001:0db8:0000::0001", "2001:db8::1"),
+    ],
+)
+@override_settings(CVM_TRUSTED_PROXIES=1, CVM_TRUSTED_PROXY_ADDRESSES=PROXY)
+def test_each_spelling_of_an_address_from_the_proxy_is_one_caller(written, counted):
+    request = RequestFactory().get("/", REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR=written)
+    assert client_address(request) == counted
+
+
+@override_settings(
+    CVM_FAILED_TOKENS_PER_ADDRESS=3,
+    CVM_FAILED_TOKENS_PER_SERIAL=1000,
+    CVM_TRUSTED_PROXIES=1,
+    CVM_TRUSTED_PROXY_ADDRESSES=PROXY,
+)
+def test_an_address_written_another_way_shares_its_failures_and_never_fails_the_database(api, db):
+    spellings = ["198.51.100.77", "::ffff:198.51.100.77", "198.51.100.77:4000", "[::ffff:198.51.100.77]:1"]
+    statuses = [vend_from(api, f"SN-{i}", remote="10.0.0.2", forwarded=spellings[i % 4]).status_code for i in range(6)]
+    zoned = vend_from(api, "SN-Z", remote="10.0.0.2", forwarded="fe80::1%eth0")
+
+    assert statuses == [403, 403, 403, 429, 429, 429]
+    assert zoned.status_code == 403, "an IPv6 zone is not an outage"
+    assert set(AuditEvent.objects.values_list("client_address", flat=True)) == {"198.51.100.77", "fe80::1"}
+
+
 @override_settings(CVM_TRUSTED_PROXY_ADDRESSES=[ipaddress.ip_network("127.0.0.1")], CVM_METRICS_TOKEN="")
 def test_metrics_need_a_token_behind_a_proxy(client, db):
     # Through the proxy on loopback every request arrives from 127.0.0.1.

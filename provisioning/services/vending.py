@@ -314,7 +314,10 @@ def claim_retry_after(device: Device, now: datetime) -> int:
     if device.claimed_at is None:
         return BUSY_RETRY_AFTER
     stale_at = device.claimed_at + timedelta(seconds=settings.CVM_CLAIM_TIMEOUT_SECONDS)
-    return max(BUSY_RETRY_AFTER, math.ceil((stale_at - now).total_seconds()))
+    # `now` was read when this call began; a claim made since by a concurrent call is younger than that,
+    # which must not advise more than the timeout itself.
+    left = min(settings.CVM_CLAIM_TIMEOUT_SECONDS, math.ceil((stale_at - now).total_seconds()))
+    return max(BUSY_RETRY_AFTER, left)
 
 
 def _busy(device: Device, client_address: str | None, now: datetime) -> None:

@@ -2,7 +2,8 @@
 
 Each benchmark runs against local fakes or emulators only (127.0.0.1), with bounded request counts.
 Run one with `python -m bench.run overhead` (names: overhead vend stages burst bulk admin mirror flood
-spray pg_throughput audit_chain).
+spray pg_throughput audit_chain); `python -m bench.run --update NAME ...` also puts their sections and
+summary rows into BENCHMARKS.md, keeping the others, and says so under its header.
 What is measured inside a Django process of its own is a module here too (`bench.overhead`, `bench.vend`,
 `bench.admin_pages`, `bench.mirror_drain`, `bench.mirror_lag`), started with `run_module`.
 """
@@ -909,15 +910,9 @@ def report(results: list[dict[str, Any]], loads: tuple[str, str]) -> str:
         "| benchmark | target | met |",
         "|---|---|---|",
     ]
-    lines += [
-        f"| `{r['name']}` | {r['target']} | {'skipped' if r.get('skipped') else 'yes' if r['met'] else '**no**'} |"
-        for r in results
-    ]
+    lines += [summary_row(r) for r in results]
     for r in results:
-        lines += ["", f"## `{r['name']}`", "", DESCRIPTIONS[r["name"]], "", "| figure | value |", "|---|---|"]
-        lines += [f"| {k} | {fmt(v)} |" for k, v in r["figures"].items()]
-        if r["name"] in NOTES:
-            lines += ["", NOTES[r["name"]]]
+        lines += ["", *section(r)]
     # Figures of earlier code cannot be measured again from this tree: they are kept by hand, with the
     # conditions they were measured under.
     history = ROOT / "bench" / "before_after.md"
@@ -1069,8 +1064,60 @@ BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
+def section(result: dict[str, Any]) -> list[str]:
+    """A benchmark's part of BENCHMARKS.md: its heading, description, figures and note."""
+    lines = [f"## `{result['name']}`", "", DESCRIPTIONS[result["name"]], "", "| figure | value |", "|---|---|"]
+    lines += [f"| {k} | {fmt(v)} |" for k, v in result["figures"].items()]
+    if result["name"] in NOTES:
+        lines += ["", NOTES[result["name"]]]
+    return lines
+
+
+def summary_row(result: dict[str, Any]) -> str:
+    met = "skipped" if result.get("skipped") else "yes" if result["met"] else "**no**"
+    return f"| `{result['name']}` | {result['target']} | {met} |"
+
+
+def updated(document: str, results: list[dict[str, Any]], loads: tuple[str, str]) -> str:
+    """BENCHMARKS.md with the sections and summary rows of `results` replaced (appended when new) and one
+    line under the header saying which were measured again, when and at what load; the rest is kept."""
+    lines = document.rstrip("\n").split("\n")
+    for result in results:
+        heading = f"## `{result['name']}`"
+        row = f"| `{result['name']}` |"
+        rows = [i for i, line in enumerate(lines) if line.startswith(row)]
+        if rows:
+            lines[rows[0]] = summary_row(result)
+        else:  # a new benchmark: its row after the table's last one
+            last = max(i for i, line in enumerate(lines) if line.startswith("| `"))
+            lines.insert(last + 1, summary_row(result))
+        if heading in lines:
+            start = lines.index(heading)
+            end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+            lines[start:end] = [*section(result), ""]
+        else:
+            before = next((i for i, line in enumerate(lines) if line.startswith("## Before and after")), len(lines))
+            lines[before:before] = [*section(result), ""]
+    names = ", ".join(f"`{r['name']}`" for r in results)
+    note = (
+        f"{names} measured again on {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC "
+        f"(load average {loads[0]} at the start, {loads[1]} at the end); the sections of the others are as before."
+    )
+    table = next(i for i, line in enumerate(lines) if line.startswith("| benchmark |"))
+    lines[table - 1 : table - 1] = [note]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
-    wanted = sys.argv[1:] or [
+    update = "--update" in sys.argv
+    names = [arg for arg in sys.argv[1:] if arg != "--update"]
+    if update and not names:
+        print("--update needs the names of the benchmarks to measure again", file=sys.stderr)
+        return 2
+    if unknown := [name for name in names if name not in BENCHES and name != "admin"]:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; names: {', '.join(DESCRIPTIONS)}", file=sys.stderr)
+        return 2
+    wanted = names or [
         "overhead", "vend", "stages", "burst", "bulk", "admin", "mirror", "flood", "spray", "pg_throughput",
         "audit_chain",
     ]  # fmt: skip
@@ -1096,9 +1143,13 @@ def main() -> int:
             results.append(result)
     finally:
         shutil.rmtree(WORK, ignore_errors=True)
+    document = ROOT / "BENCHMARKS.md"
     if set(wanted) == set(DESCRIPTIONS):
-        (ROOT / "BENCHMARKS.md").write_text(report(results, (run_started, load_average())))
+        document.write_text(report(results, (run_started, load_average())))
         print("wrote BENCHMARKS.md")
+    elif update:
+        document.write_text(updated(document.read_text(), results, (run_started, load_average())))
+        print(f"updated BENCHMARKS.md: {', '.join(wanted)}")
     return 0
 
 

@@ -25,3 +25,45 @@ def test_the_unchained_baseline_writes_the_same_rows_without_touching_the_chain(
     assert [(e.serial, e.kind, e.data) for e in rows] == [(e.serial, e.kind, e.data) for e in events]
     assert len({e.hash for e in rows}) == 3
     assert (audit_head().seq, audit_head().head) == (head.seq, head.head)
+
+
+def test_update_replaces_the_measured_sections_and_rows_and_keeps_the_rest():
+    from bench.run import DESCRIPTIONS, updated
+
+    document = "\n".join([
+        "# Benchmarks", "", "Measured by `make bench` on 2026-01-01.", "",
+        "| benchmark | target | met |", "|---|---|---|",
+        "| `vend` | old target | **no** |", "| `flood` | flood target | yes |", "",
+        "## `vend`", "", "old description", "", "| figure | value |", "|---|---|", "| median ms | 9.00 |", "",
+        "## `flood`", "", "flood description", "", "| figure | value |", "|---|---|", "| rows | 0 |", "",
+        "## Before and after", "", "kept",
+    ])  # fmt: skip
+    vend = {"name": "vend", "target": "new target", "met": True, "figures": {"median ms": 2.0}}
+    spray = {"name": "spray", "target": "spray target", "met": False, "figures": {"change %": -30.0}}
+
+    lines = updated(document, [vend, spray], ("0.10 / 0.20 / 0.30", "0.40 / 0.50 / 0.60")).splitlines()
+
+    assert "| `vend` | new target | yes |" in lines
+    assert "| `flood` | flood target | yes |" in lines, "a row not measured again is kept"
+    assert lines.index("| `spray` | spray target | **no** |") == lines.index("| `flood` | flood target | yes |") + 1
+    assert "| median ms | 2.00 |" in lines
+    assert "| median ms | 9.00 |" not in lines
+    assert DESCRIPTIONS["vend"] in lines
+    assert "| rows | 0 |" in lines, "a section not measured again is kept"
+    assert lines.index("## `spray`") < lines.index("## Before and after")
+    assert lines[-1] == "kept"
+    (note,) = [line for line in lines if "measured again" in line]
+    assert note.startswith("`vend`, `spray` measured again on ")
+    assert "load average 0.10 / 0.20 / 0.30 at the start" in note
+
+
+def test_an_unknown_benchmark_name_is_refused_before_anything_runs():
+    import subprocess
+    import sys
+
+    from scripts.processes import ROOT
+
+    for args in (["--update"], ["--update", "nope"], ["vend", "nope"]):
+        result = subprocess.run([sys.executable, "-m", "bench.run", *args], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 2, args
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -3,10 +3,16 @@ run by `make bench`, not here)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
+from django.conf import settings
 from django.db import transaction
 
+from bench.bare_stages import BareStages
 from bench.pg_throughput import unchained_append_many
+from provisioning import aws
 from provisioning.audit import NewEvent, audit_head
 from provisioning.models import AuditEvent
 
@@ -67,3 +73,41 @@ def test_an_unknown_benchmark_name_is_refused_before_anything_runs():
         result = subprocess.run([sys.executable, "-m", "bench.run", *args], cwd=ROOT, capture_output=True, text=True)
         assert result.returncode == 2, args
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_the_bare_stages_make_the_aws_calls_of_a_vend(aws_mock):
+    """`stages` subtracts bench.bare_stages from a vend: it must make the same AWS IoT calls as the portal."""
+
+    def recorded(client: Any, work: Callable[[], object]) -> list[str]:
+        operations: list[str] = []
+
+        def record(model: Any, **_: Any) -> None:
+            operations.append(model.name)
+
+        client.meta.events.register("before-call.iot", record)
+        try:
+            work()
+        finally:
+            client.meta.events.unregister("before-call.iot", record)
+        return sorted(operations)
+
+    aws.iot_data_endpoint()  # the portal looks it up once per process
+    policy = settings.CVM_IOT_POLICY_NAME
+    portal = recorded(
+        aws.iot_client(),
+        lambda: aws.certificate_provision(
+            thing_name="SN-1", attributes={"serial": "SN-1", "product": "p"}, csr_pem=None, policy_name=policy
+        ),
+    )
+    bare_client = aws_mock.iot
+    stages = BareStages(bare_client)
+    try:
+        bare = recorded(
+            bare_client,
+            lambda: stages.run(thing_name="SN-2", attributes={"serial": "SN-2", "product": "p"}, policy_name=policy),
+        )
+    finally:
+        stages.close()
+
+    assert bare == portal
+    assert len(aws_mock.active_certificates()) == 2

@@ -1,0 +1,51 @@
+"""Set-based writes (provisioning/bulk.py): every row goes in, in order, whatever the statements' size."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from provisioning import bulk
+from provisioning.bulk import db_datetime, db_json, insert_rows
+from provisioning.models import DynamoOutbox
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+COLUMNS = ["serial", "version", "item", "created_at", "attempts", "last_error"]
+
+
+def outbox_rows(count: int) -> list[tuple]:
+    stamp = db_datetime(timezone.now())
+    return [(f"SN-{i:05d}", i + 1, db_json({"productId": f"SN-{i:05d}"}), stamp, 0, "") for i in range(count)]
+
+
+def test_rows_spread_over_several_statements_all_go_in_in_order(monkeypatch):
+    # Ten rows of six columns per statement here, so 25 rows take two full statements and a shorter one.
+    monkeypatch.setattr(bulk, "SQLITE_PARAMS_PER_INSERT", 60)
+
+    with transaction.atomic():
+        written = insert_rows(DynamoOutbox, COLUMNS, iter(outbox_rows(25)))
+
+    assert written == 25
+    stored = list(DynamoOutbox.objects.order_by("id").values_list("serial", "version", "item"))
+    assert stored == [(f"SN-{i:05d}", i + 1, {"productId": f"SN-{i:05d}"}) for i in range(25)]
+
+
+def test_a_bulk_write_of_thousands_of_rows_goes_in_whole():
+    with transaction.atomic():
+        written = insert_rows(DynamoOutbox, COLUMNS, (row for row in outbox_rows(12_345)))
+
+    assert written == DynamoOutbox.objects.count() == 12_345
+    assert DynamoOutbox.objects.order_by("-id").values_list("serial", flat=True).first() == "SN-12344"
+
+
+def test_one_row_is_one_plain_insert():
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        insert_rows(DynamoOutbox, COLUMNS, outbox_rows(1))
+
+    inserts = [query["sql"] for query in queries.captured_queries if "INSERT" in query["sql"]]
+    assert len(inserts) == 1
+    assert inserts[0].startswith('INSERT INTO "provisioning_dynamooutbox"')
+    assert "), (" not in inserts[0], "one row, one VALUES group"

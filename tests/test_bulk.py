@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from provisioning import bulk
 from provisioning.bulk import db_datetime, db_json, insert_rows
-from provisioning.models import DynamoOutbox
+from provisioning.models import DynamoOutbox, Product
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -49,3 +49,15 @@ def test_one_row_is_one_plain_insert():
     assert len(inserts) == 1
     assert inserts[0].startswith('INSERT INTO "provisioning_dynamooutbox"')
     assert "), (" not in inserts[0], "one row, one VALUES group"
+
+
+def test_a_bulk_write_that_breaks_a_constraint_raises_djangos_error_and_writes_nothing():
+    stamp = db_datetime(timezone.now())
+    names = [f"product-{i}" for i in range(6000)] + ["product-17"]
+    rows = [(name, "", stamp, "", "[]", "", stamp) for name in names]
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        insert_rows(Product, ["name", "description", "created_at", "iot_policy", "thing_groups", "thing_type",
+                              "updated_at"], rows)  # fmt: skip
+
+    assert not Product.objects.exists()

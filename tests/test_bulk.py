@@ -1,6 +1,9 @@
-"""Set-based writes (provisioning/bulk.py): every row goes in, in order, whatever the statements' size."""
+"""Bulk runs: every row goes in, in order, whatever the statements' size (provisioning/bulk.py), and tokens
+made in bulk are tokens like any other."""
 
 from __future__ import annotations
+
+import base64
 
 import pytest
 from django.db import IntegrityError, connection, transaction
@@ -9,6 +12,7 @@ from django.utils import timezone
 
 from provisioning import bulk
 from provisioning.bulk import db_datetime, db_json, insert_rows
+from provisioning.crypto import TOKEN_BYTES, token_digest, token_digests, token_generate, token_generate_many
 from provisioning.models import DynamoOutbox, Product
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -61,3 +65,12 @@ def test_a_bulk_write_that_breaks_a_constraint_raises_djangos_error_and_writes_n
                               "updated_at"], rows)  # fmt: skip
 
     assert not Product.objects.exists()
+
+
+def test_tokens_made_in_bulk_are_as_random_and_as_long_as_single_ones():
+    tokens = token_generate_many(10_000)
+
+    assert len(tokens) == len(set(tokens)) == 10_000
+    assert {len(token) for token in tokens} == {len(token_generate())} == {32}
+    assert all(len(base64.urlsafe_b64decode(token)) == TOKEN_BYTES >= 16 for token in tokens), ">= 128 random bits"
+    assert token_digests(tokens[:50]) == [token_digest(token) for token in tokens[:50]]

@@ -13,7 +13,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -94,19 +94,18 @@ ASSOCIATION_COLUMNS = [
 ]  # fmt: skip
 
 
-def association_items_from_rows(rows: list[Sequence[Any]]) -> dict[str, dict[str, Any]]:
-    """Items for many devices from their ASSOCIATION_COLUMNS, by serial; product names and certificate
-    ids are read once for all of them."""
+def association_items_from_rows(rows: list[Sequence[Any]]) -> Iterator[dict[str, Any]]:
+    """Items for many devices from their ASSOCIATION_COLUMNS, one per row as they are taken (so COPY can
+    send each batch while the next is made); product names and certificate ids are read once for all."""
     products = dict(Product.objects.filter(pk__in={row[3] for row in rows}).values_list("pk", "name"))
     certificate_pks = sorted({pk for row in rows for pk in row[7:9] if pk is not None})
     certificates: dict[int, str] = {}
     for chunk in chunks(certificate_pks):
         certificates.update(Certificate.objects.filter(pk__in=chunk).values_list("pk", "certificate_id"))
-    items = {}
     for serial, state, version, product_pk, thing_name, digest, last_request_at, current, pending in rows:
         if isinstance(last_request_at, str):  # SQLite gives a raw RETURNING value back as text
             last_request_at = connection.ops.convert_datetimefield_value(last_request_at, None, connection)
-        items[serial] = association_item(
+        yield association_item(
             serial=serial,
             state=state,
             version=version,
@@ -117,7 +116,6 @@ def association_items_from_rows(rows: list[Sequence[Any]]) -> dict[str, dict[str
             certificate_id=certificates.get(current),
             pending_certificate_id=certificates.get(pending),
         )
-    return items
 
 
 LEASE = timedelta(seconds=60)

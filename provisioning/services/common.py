@@ -10,7 +10,7 @@ transaction.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -308,24 +308,26 @@ def devices_transition_many(
         updated = cursor.fetchall()
     if len(updated) != len(serials):
         return len(updated)
-    items = association_items_from_rows(updated)
     # Webhook events name each device's thing and product, when the kind has any and an endpoint is
     # enabled to receive them: a token run has none.
     webhooks = kind in EVENT_TYPES_BY_AUDIT_KIND and WebhookEndpoint.objects.filter(enabled=True).exists()
     events_record(
         [NewEvent(kind=kind, actor=actor, serial=serial, data=data) for serial in serials],
         subjects={
-            serial: Subject(thing_name=item["thingName"], product=item["product"]) for serial, item in items.items()
+            item["productId"]: Subject(thing_name=item["thingName"], product=item["product"])
+            for item in association_items_from_rows(updated)
         }
         if webhooks
         else {},
         endpoints_enabled=webhooks,
     )
-    outbox_insert([items[serial] for serial in serials], now=now)
+    # In the order the UPDATE returned the devices: each has one item here, and the order between
+    # devices means nothing to the mirror. The items are made as COPY takes them.
+    outbox_insert(association_items_from_rows(updated), now=now)
     return len(updated)
 
 
-def outbox_insert(items: list[dict], *, now: datetime) -> None:
+def outbox_insert(items: Iterable[dict], *, now: datetime) -> None:
     """Queue the DynamoDB items of many devices changed in this transaction."""
     stamp = db_datetime(now)
     insert_rows(

@@ -190,31 +190,21 @@ def devices_import(
         stamp = db_datetime(now)
         # One audit data dict per product, so the audit log encodes each once (audit_append_many).
         registered = {name: {"product": name} for name in product_names}
-        # One pass over the new devices: their rows, audit events and DynamoDB items. New devices are all
-        # alike but for serial, product, thing name and attributes: their items need no query.
-        devices, events, items = [], [], []
-        for row in new_rows:
-            serial, product = row.serial, row.product
-            thing_name = thing_name_for(serial)
-            devices.append(
-                (serial, product_ids[product], DeviceState.REGISTERED, "", thing_name,
-                 db_json(row.attributes) if row.attributes else "{}", False, 1, stamp, stamp, batch)
-            )  # fmt: skip
-            events.append(
-                NewEvent(kind=AuditKind.DEVICE_REGISTERED, actor=actor, serial=serial, data=registered[product])
-            )
-            items.append(
-                association_item(
-                    serial=serial, state=DeviceState.REGISTERED, version=1, product=product, thing_name=thing_name,
-                    token_digest="", last_request_at=None, certificate_id=None,
-                )
-            )  # fmt: skip
+        # The device rows and the DynamoDB items are made as COPY (PostgreSQL) takes them, so the server
+        # writes one batch while the next is made. New devices are all alike but for serial, product,
+        # thing name and attributes: their items need no query.
         insert_rows(
             Device,
             ["serial", "product_id", "state", "token_digest", "thing_name", "attributes", "aws_cleanup_pending",
              "version", "created_at", "updated_at", "import_batch_id"],
-            devices,
+            ((row.serial, product_ids[row.product], DeviceState.REGISTERED, "", thing_name_for(row.serial),
+              db_json(row.attributes) if row.attributes else "{}", False, 1, stamp, stamp, batch)
+             for row in new_rows),
         )  # fmt: skip
+        events = [
+            NewEvent(kind=AuditKind.DEVICE_REGISTERED, actor=actor, serial=row.serial, data=registered[row.product])
+            for row in new_rows
+        ]
         events.append(
             NewEvent(
                 kind=AuditKind.SERIALS_IMPORTED,
@@ -231,12 +221,21 @@ def devices_import(
         # there is nothing to name them for.
         webhooks = WebhookEndpoint.objects.filter(enabled=True).exists()
         subjects = (
-            {item["productId"]: Subject(thing_name=item["thingName"], product=item["product"]) for item in items}
+            {row.serial: Subject(thing_name=thing_name_for(row.serial), product=row.product) for row in new_rows}
             if webhooks
             else {}
         )
         events_record(events, subjects=subjects, endpoints_enabled=webhooks)
-        outbox_insert(items, now=now)
+        outbox_insert(
+            (
+                association_item(
+                    serial=row.serial, state=DeviceState.REGISTERED, version=1, product=row.product,
+                    thing_name=thing_name_for(row.serial), token_digest="", last_request_at=None, certificate_id=None,
+                )
+                for row in new_rows
+            ),
+            now=now,
+        )  # fmt: skip
     return ImportReport(created=len(new_rows), already_known=len(known), products_created=len(missing))
 
 

@@ -13,7 +13,9 @@ from django.utils import timezone
 from provisioning import bulk
 from provisioning.bulk import db_datetime, db_json, insert_rows
 from provisioning.crypto import TOKEN_BYTES, token_digest, token_digests, token_generate, token_generate_many
-from provisioning.models import DynamoOutbox, Product
+from provisioning.models import Certificate, Device, DynamoOutbox, Product
+
+from .conftest import vend
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -74,3 +76,18 @@ def test_tokens_made_in_bulk_are_as_random_and_as_long_as_single_ones():
     assert {len(token) for token in tokens} == {len(token_generate())} == {32}
     assert all(len(base64.urlsafe_b64decode(token)) == TOKEN_BYTES >= 16 for token in tokens), ">= 128 random bits"
     assert token_digests(tokens[:50]) == [token_digest(token) for token in tokens[:50]]
+
+
+@pytest.mark.parametrize("field", ["current_certificate", "pending_certificate"])
+def test_a_certificate_belongs_to_one_device_while_any_number_have_none(api, aws_mock, make_device, field):
+    first, second = make_device("SN-1"), make_device("SN-2")
+    make_device("SN-3")
+    assert vend(api, first.serial, first.token).status_code == 201
+    certificate = Certificate.objects.get(device__serial="SN-1")
+    Device.objects.filter(serial="SN-1").update(**{field: certificate})
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Device.objects.filter(serial=second.serial).update(**{field: certificate})
+
+    without = Device.objects.filter(**{f"{field}__isnull": True}).values_list("serial", flat=True)
+    assert sorted(without) == ["SN-2", "SN-3"]

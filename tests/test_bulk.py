@@ -4,6 +4,7 @@ made in bulk are tokens like any other."""
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 
 import pytest
 from django.db import IntegrityError, connection, transaction
@@ -13,7 +14,8 @@ from django.utils import timezone
 from provisioning import bulk
 from provisioning.bulk import db_datetime, db_json, insert_rows
 from provisioning.crypto import TOKEN_BYTES, token_digest, token_digests, token_generate, token_generate_many
-from provisioning.models import Certificate, Device, DynamoOutbox, Product
+from provisioning.mirror import AssociationItemsJson, association_item
+from provisioning.models import Certificate, Device, DeviceState, DynamoOutbox, Product
 
 from .conftest import vend
 
@@ -91,3 +93,25 @@ def test_a_certificate_belongs_to_one_device_while_any_number_have_none(api, aws
 
     without = Device.objects.filter(**{f"{field}__isnull": True}).values_list("serial", flat=True)
     assert sorted(without) == ["SN-2", "SN-3"]
+
+
+def test_a_runs_items_are_encoded_exactly_as_each_item_alone():
+    moments = [None, timezone.now(), datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)]
+    cases = [
+        {
+            "serial": serial, "state": state, "version": version, "product": product, "thing_name": thing,
+            "token_digest": digest, "last_request_at": moment, "certificate_id": certificate,
+            "pending_certificate_id": pending,
+        }
+        for serial, thing in [("SN-1", "SN-1"), ("sn:2_x-Y", ""), ('S"\\ü', "thing/Ü")]
+        for state in DeviceState
+        for version in (1, 17, 2**40)
+        for product in ("meter", "a,b@c/d:e#f=g[h]")
+        for digest in ("", "ab" * 32)
+        for moment in moments
+        for certificate, pending in [(None, None), ("c" * 64, None), ("c" * 64, "d" * 64)]
+    ]  # fmt: skip
+    item_json = AssociationItemsJson()
+
+    for case in cases:
+        assert item_json(**case) == db_json(association_item(**case)), case

@@ -255,7 +255,7 @@ def device_transition(
             certificate_id=certificate_id,
             pending_certificate_id=pending_certificate_id,
         )
-        outbox_insert([item], now=now)
+        outbox_insert([(device.serial, device.version, db_json(item))], now=now)
     if before is not None:
         _carry_related(device, before)
     return device
@@ -323,17 +323,18 @@ def devices_transition_many(
     )
     # In the order the UPDATE returned the devices: each has one item here, and the order between
     # devices means nothing to the mirror. The items are made as COPY takes them.
-    outbox_insert(association_items_from_rows(updated), now=now)
+    outbox_insert(association_items_from_rows(updated, encoded=True), now=now)
     return len(updated)
 
 
-def outbox_insert(items: Iterable[dict], *, now: datetime) -> None:
-    """Queue the DynamoDB items of many devices changed in this transaction."""
+def outbox_insert(items: Iterable[tuple[str, int, str]], *, now: datetime) -> None:
+    """Queue the DynamoDB items of devices changed in this transaction: (serial, version, the item as
+    `db_json` encodes it)."""
     stamp = db_datetime(now)
     insert_rows(
         DynamoOutbox,
         ["serial", "version", "item", "created_at", "attempts", "last_error"],
-        ((item["productId"], item["version"], db_json(item), stamp, 0, "") for item in items),
+        ((serial, version, item, stamp, 0, "") for serial, version, item in items),
     )
 
 

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from ..audit import NewEvent
 from ..bulk import db_datetime, db_json, insert_rows, rows_table
-from ..mirror import association_item
+from ..mirror import AssociationItemsJson
 from ..models import AuditKind, Device, DeviceState, Product, WebhookEndpoint
 from ..validators import (
     PRODUCT_NAME_MESSAGE,
@@ -226,12 +226,13 @@ def devices_import(
             else {}
         )
         events_record(events, subjects=subjects, endpoints_enabled=webhooks)
+        item_json = AssociationItemsJson()
         outbox_insert(
             (
-                association_item(
+                (row.serial, 1, item_json(
                     serial=row.serial, state=DeviceState.REGISTERED, version=1, product=row.product,
                     thing_name=thing_name_for(row.serial), token_digest="", last_request_at=None, certificate_id=None,
-                )
+                ))
                 for row in new_rows
             ),
             now=now,

@@ -11,6 +11,7 @@ again, which took half of the insert's time (1.1 s against 0.5 s for 100,000 aud
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import sqlite3
@@ -66,6 +67,8 @@ def _copy_rows(cursor: Any, table: str, columns: str, rows: Iterable[Sequence[An
 SQLITE_PARAMS_PER_INSERT = 8000
 
 
+# Made once per shape: a vend's one-row statements, and a bulk run's statements of thousands of rows.
+@functools.lru_cache(maxsize=64)
 def _insert_sql(table: str, names: str, width: int, rows: int, placeholder: str = "%s") -> str:
     # Table and column names come from the model or the caller's code; every value is a parameter.
     values = "(" + ", ".join([placeholder] * width) + ")"
@@ -75,7 +78,6 @@ def _insert_sql(table: str, names: str, width: int, rows: int, placeholder: str 
 def _sqlite_insert_rows(cursor: Any, table: str, names: str, width: int, rows: Iterable[Sequence[Any]]) -> int:
     limit = min(SQLITE_PARAMS_PER_INSERT, connection.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
     per_statement = max(1, limit // width)
-    full = _insert_sql(table, names, width, per_statement, "?")
     rows = iter(rows)
     count = 0
     while chunk := list(itertools.islice(rows, per_statement)):
@@ -89,7 +91,7 @@ def _sqlite_insert_rows(cursor: Any, table: str, names: str, width: int, rows: I
             # text, on every call: over statements of thousands of parameters that took 0.7 s of a
             # 100,000-serial import. A bulk write's statements are written with ? and go to the sqlite3
             # connection itself, in the same transaction (its errors still become Django's).
-            sql = full if len(chunk) == per_statement else _insert_sql(table, names, width, len(chunk), "?")
+            sql = _insert_sql(table, names, width, len(chunk), "?")
             with connection.wrap_database_errors:
                 connection.connection.execute(sql, params)
         count += len(chunk)

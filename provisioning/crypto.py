@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import hmac
@@ -40,6 +41,19 @@ def token_generate() -> str:
     return secrets.token_urlsafe(TOKEN_BYTES)
 
 
+def token_generate_many(count: int) -> list[str]:
+    """`count` tokens as `token_generate` makes them, from one read of the system's random source.
+
+    TOKEN_BYTES is a multiple of 3, so base64 turns every TOKEN_BYTES of the read into the same 32
+    characters, unpadded, that `token_urlsafe` makes of them alone: the text of the whole read, cut
+    every 32 characters, is `count` independent tokens. A run of 100,000 otherwise asks the kernel
+    100,000 times.
+    """
+    text = base64.urlsafe_b64encode(secrets.token_bytes(TOKEN_BYTES * count)).decode()
+    size = TOKEN_BYTES // 3 * 4
+    return [text[start : start + size] for start in range(0, len(text), size)]
+
+
 def _keys() -> list[bytes]:
     return [key.encode() for key in [settings.CVM_TOKEN_HMAC_KEY, *settings.CVM_TOKEN_HMAC_KEY_FALLBACKS]]
 
@@ -50,9 +64,14 @@ def token_digest(token: str) -> str:
 
 
 def token_digests(tokens: list[str]) -> list[str]:
-    """`token_digest` of many tokens (a run of 100,000), the key read once."""
-    key = _keys()[0]
-    return [hmac.digest(key, token.encode(), "sha256").hex() for token in tokens]
+    """`token_digest` of many tokens (a run of 100,000): the HMAC is keyed once and copied for each."""
+    keyed = hmac.new(_keys()[0], digestmod=hashlib.sha256)
+    digests = []
+    for token in tokens:
+        each = keyed.copy()
+        each.update(token.encode())
+        digests.append(each.hexdigest())
+    return digests
 
 
 def token_matches(token: str, stored_digest: str) -> str | None:

@@ -13,10 +13,11 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from django.conf import settings
@@ -25,7 +26,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from . import aws
-from .bulk import chunks
+from .bulk import chunks, db_json
 from .models import Certificate, Device, DeviceState, DynamoOutbox, Product
 
 logger = logging.getLogger(__name__)
@@ -94,30 +95,117 @@ ASSOCIATION_COLUMNS = [
 ]  # fmt: skip
 
 
-def association_items_from_rows(rows: list[Sequence[Any]]) -> dict[str, dict[str, Any]]:
-    """Items for many devices from their ASSOCIATION_COLUMNS, by serial; product names and certificate
-    ids are read once for all of them."""
+class AssociationItemsJson:
+    """The item of each device of a bulk run, as the outbox stores it: `db_json(association_item(...))`.
+
+    A run's devices share most of their item (state, product, no certificate, no request yet). For each
+    such group the item is encoded once, with markers where serial, token digest, thing name and version
+    go, and a device's text is that encoding with its own four values put in: half the time of building
+    and encoding each dict (0.23 s against 0.46 s for 100,000; tests/test_bulk.py checks both agree).
+    """
+
+    # NUL is in no serial, digest or thing name (validators.py), nor in anything else an item holds.
+    MARKERS = ("\x00serial\x00", "\x00digest\x00", "\x00thing\x00", "\x00version\x00")
+
+    def __init__(self) -> None:
+        # group -> the item's text as a str.format template ({0} serial, {1} digest, {2} thing, {3} version);
+        # None: encode the group's items whole
+        self._templates: dict[tuple[Any, ...], str | None] = {}
+
+    def __call__(
+        self,
+        *,
+        serial: str,
+        state: str,
+        version: int,
+        product: str,
+        thing_name: str,
+        token_digest: str,
+        last_request_at: datetime | None,
+        certificate_id: str | None,
+        pending_certificate_id: str | None = None,
+    ) -> str:
+        group = (
+            state,
+            product,
+            bool(token_digest),
+            bool(thing_name),
+            last_request_at,
+            certificate_id,
+            pending_certificate_id,
+        )
+        template = self._templates.get(group, "")
+        if template == "":
+            template = self._templates[group] = self._template(*group)
+        if template is None:
+            return db_json(
+                association_item(
+                    serial=serial, state=state, version=version, product=product, thing_name=thing_name,
+                    token_digest=token_digest, last_request_at=last_request_at, certificate_id=certificate_id,
+                    pending_certificate_id=pending_certificate_id,
+                )
+            )  # fmt: skip
+        return template.format(
+            encode_basestring_ascii(serial),
+            encode_basestring_ascii(token_digest),
+            encode_basestring_ascii(thing_name),
+            int(version),
+        )
+
+    def _template(
+        self,
+        state: str,
+        product: str,
+        has_digest: bool,
+        has_thing: bool,
+        last_request_at: datetime | None,
+        certificate_id: str | None,
+        pending_certificate_id: str | None,
+    ) -> str | None:
+        serial, digest, thing, version = self.MARKERS
+        text = db_json(
+            association_item(
+                serial=serial, state=state, version=version, product=product,  # type: ignore[arg-type]
+                thing_name=thing if has_thing else "", token_digest=digest if has_digest else "",
+                last_request_at=last_request_at, certificate_id=certificate_id,
+                pending_certificate_id=pending_certificate_id,
+            )
+        ).replace("{", "{{").replace("}", "}}")  # fmt: skip
+        for index, (marker, present) in enumerate(zip(self.MARKERS, (True, has_digest, has_thing, True), strict=True)):
+            encoded = encode_basestring_ascii(marker)
+            if text.count(encoded) != (1 if present else 0):
+                return None  # a marker the item does not hold exactly where expected: encode such items whole
+            text = text.replace(encoded, f"{{{index}}}")
+        return text
+
+
+def association_items_from_rows(rows: list[Sequence[Any]], *, encoded: bool = False) -> Iterator[Any]:
+    """Items for many devices from their ASSOCIATION_COLUMNS, one per row as they are taken (so COPY can
+    send each batch while the next is made); product names and certificate ids are read once for all.
+
+    `encoded`: (serial, version, the item as the outbox stores it) instead of the item.
+    """
     products = dict(Product.objects.filter(pk__in={row[3] for row in rows}).values_list("pk", "name"))
     certificate_pks = sorted({pk for row in rows for pk in row[7:9] if pk is not None})
     certificates: dict[int, str] = {}
     for chunk in chunks(certificate_pks):
         certificates.update(Certificate.objects.filter(pk__in=chunk).values_list("pk", "certificate_id"))
-    items = {}
+    item_json = AssociationItemsJson()
     for serial, state, version, product_pk, thing_name, digest, last_request_at, current, pending in rows:
         if isinstance(last_request_at, str):  # SQLite gives a raw RETURNING value back as text
             last_request_at = connection.ops.convert_datetimefield_value(last_request_at, None, connection)
-        items[serial] = association_item(
-            serial=serial,
-            state=state,
-            version=version,
-            product=products[product_pk],
-            thing_name=thing_name,
-            token_digest=digest,
-            last_request_at=last_request_at,
-            certificate_id=certificates.get(current),
-            pending_certificate_id=certificates.get(pending),
-        )
-    return items
+        fields = {
+            "serial": serial,
+            "state": state,
+            "version": version,
+            "product": products[product_pk],
+            "thing_name": thing_name,
+            "token_digest": digest,
+            "last_request_at": last_request_at,
+            "certificate_id": certificates.get(current),
+            "pending_certificate_id": certificates.get(pending),
+        }
+        yield (serial, version, item_json(**fields)) if encoded else association_item(**fields)
 
 
 LEASE = timedelta(seconds=60)

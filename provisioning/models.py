@@ -114,7 +114,8 @@ class Device(models.Model):
     """A serial number known to the factory, and where it stands on its way to a certificate."""
 
     serial = models.CharField(max_length=64, unique=True)
-    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="devices")
+    # No index of its own: `device_product_state` starts with it.
+    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="devices", db_index=False)
     state = models.CharField(max_length=16, choices=DeviceState.choices, default=DeviceState.REGISTERED)
     # HMAC-SHA256 of the registration token (hex); the token itself is never stored.
     token_digest = models.CharField(max_length=64, blank=True, default="")
@@ -130,19 +131,20 @@ class Device(models.Model):
     # A failed issuance could not remove a certificate it created (AWS was down); the next vend, or
     # `reconcile`, removes whatever the thing holds that the database does not know before going on.
     aws_cleanup_pending = models.BooleanField(default=False)
-    current_certificate = models.OneToOneField(
-        "Certificate", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    # One device per certificate: the partial unique constraints in Meta.
+    current_certificate = models.ForeignKey(
+        "Certificate", null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
     )
     # During a rotation (SPEC §3.2): the new certificate, ACTIVE in AWS beside the current one until the
     # device confirms it or CVM_ROTATION_GRACE_SECONDS pass.
-    pending_certificate = models.OneToOneField(
-        "Certificate", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    pending_certificate = models.ForeignKey(
+        "Certificate", null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
     )
     last_request_at = models.DateTimeField(null=True, blank=True)
     # The admin import that registered it, so staff get back to "the batch I just imported"; none for a
     # serial added by hand, by `import_serials` or by the API.
     import_batch = models.ForeignKey(
-        "ImportBatch", null=True, blank=True, on_delete=models.SET_NULL, related_name="devices"
+        "ImportBatch", null=True, blank=True, on_delete=models.SET_NULL, related_name="devices", db_index=False
     )
     # Increases with every change; the DynamoDB mirror never lets an older version replace a newer one.
     version = models.PositiveBigIntegerField(default=0)
@@ -154,6 +156,24 @@ class Device(models.Model):
         indexes = [
             models.Index(fields=["state", "serial"], name="device_state_serial"),
             models.Index(fields=["product", "state"], name="device_product_state"),
+            # Only devices imported through the admin name a batch. A token run rewrites every index
+            # entry of the devices it changes (the state is in two indexes, so no update is HOT): the
+            # NULLs of the other devices are kept out of this index and the two below (migration 0017).
+            models.Index(
+                fields=["import_batch"], condition=models.Q(import_batch__isnull=False), name="device_import_batch"
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["current_certificate"],
+                condition=models.Q(current_certificate__isnull=False),
+                name="device_current_certificate",
+            ),
+            models.UniqueConstraint(
+                fields=["pending_certificate"],
+                condition=models.Q(pending_certificate__isnull=False),
+                name="device_pending_certificate",
+            ),
         ]
         permissions = [
             ("issue_token", "Can issue registration tokens"),
@@ -308,7 +328,13 @@ class AuditEvent(models.Model):
             # The sequencer's work list: small, since events leave it within a second.
             models.Index(fields=["id"], condition=models.Q(seq__isnull=True), name="audit_unchained"),
             models.Index(fields=["serial", "kind", "created_at"], name="audit_serial_kind_time"),
-            models.Index(fields=["client_address", "kind", "created_at"], name="audit_address_kind_time"),
+            # Only device requests carry an address; every event of staff, commands and imports has none, and
+            # a lookup by address (`client_address = %s`) never matches NULL (migration 0017).
+            models.Index(
+                fields=["client_address", "kind", "created_at"],
+                condition=models.Q(client_address__isnull=False),
+                name="audit_address_kind_time",
+            ),
             models.Index(fields=["kind", "created_at"], name="audit_kind_time"),
             models.Index(fields=["actor", "created_at"], name="audit_actor_time"),
         ]

@@ -500,6 +500,38 @@ def timezone_now():
     return timezone.now()
 
 
+@pytest.mark.parametrize(
+    "serial", ["SN-1", "", 'SN-"quoted"', "SN-\\back\\slash", "SN-Ü-€-😀", "SN-\n\t\x00", "SN-</script>"]
+)
+def test_a_batch_signs_each_event_exactly_as_one_event_alone(serial):
+    from provisioning.audit import _content_mac, _content_mac_signer
+
+    created = timezone_now()
+    key = b"k" * 32
+    for address, data in [(None, {}), ("2001:db8::1", {"b": 1, "a": ["ä", None, 1.5]})]:
+        signer = _content_mac_signer(created, "token_issued", "cli:ö", address, data, key=key)
+        assert signer(serial) == _content_mac(created, "token_issued", "cli:ö", serial, address, data, key=key)
+
+
+def test_a_mixed_batch_is_chained_and_verifies(db):
+    from provisioning.audit import NewEvent, audit_append_many
+
+    shared = {"product": "meter"}
+    events = [NewEvent(kind="device_registered", actor="cli:a", serial=f"SN-{i}", data=shared) for i in range(50)]
+    events += [
+        NewEvent(kind="vend_refused", actor="device", serial="SN-7", client_address="192.0.2.1", data={"n": 1}),
+        NewEvent(kind="serials_imported", actor="cli:b", data={"created": 50}),
+        NewEvent(kind="device_registered", actor="cli:a", serial="SN-50", data={"product": "other"}),
+    ]
+    with transaction.atomic():
+        assert audit_append_many(events) == 53
+
+    assert audit_chain_pending() == 53
+    assert audit_verify() == []
+    stored = list(AuditEvent.objects.order_by("id").values_list("kind", "actor", "serial", "client_address", "data"))
+    assert stored == [(e.kind, e.actor, e.serial, e.client_address, e.data) for e in events]
+
+
 def _migrate(target: str | None):
     """Migrate the app to `target`, or (None) to its newest migration, as later tests expect."""
     from django.db.migrations.executor import MigrationExecutor

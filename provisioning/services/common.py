@@ -10,6 +10,7 @@ transaction.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -254,33 +255,43 @@ def device_transition(
             certificate_id=certificate_id,
             pending_certificate_id=pending_certificate_id,
         )
-        outbox_insert([item], now=now)
+        outbox_insert([(device.serial, device.version, db_json(item))], now=now)
     if before is not None:
         _carry_related(device, before)
     return device
 
 
 def devices_transition_many(
-    *, action: str, rows: list[tuple[str, dict[str, Any]]], kind: str, actor: str, data: dict[str, Any], now: datetime
+    *,
+    action: str,
+    serials: list[str],
+    kind: str,
+    actor: str,
+    data: dict[str, Any],
+    now: datetime,
+    changes: dict[str, Any] | None = None,
+    each: dict[str, Sequence[Any]] | None = None,
 ) -> int:
     """The same guarded transition for many devices at once (token runs of 100,000 serials).
 
-    `rows` are (serial, changes) with the same columns in every row. The rows go into a temporary table
-    and one conditional UPDATE … FROM it moves every device whose state still allows the action,
-    returning what the outbox items are made of; then one audit event per device and their outbox rows.
-    Returns how many rows changed: the caller rolls the transaction back when that is not all of them.
-    Call it inside the transaction.
+    `changes` are columns set alike on every device, `each` columns whose value differs: a sequence of
+    values per column, in the order of `serials` (all values database-ready). The serials with their
+    own values go into a temporary table, and one conditional UPDATE … FROM it moves every device whose
+    state still allows the action, returning what the outbox items are made of; then one audit event per
+    device and their outbox rows. Returns how many rows changed: the caller rolls the transaction back
+    when that is not all of them. Call it inside the transaction.
     """
-    if not rows:
+    if not serials:
         return 0
     transition = LIFECYCLE[action]
-    columns = list(rows[0][1])
+    changes, each = changes or {}, each or {}
     quote = connection.ops.quote_name
     table = quote(Device._meta.db_table)  # from the model; every value below is a parameter
     assignments = ", ".join(
         [
             f"{quote('state')} = %s",
-            *(f"{quote(c)} = bulk_rows.{quote(c)}" for c in columns),
+            *(f"{quote(c)} = %s" for c in changes),
+            *(f"{quote(c)} = bulk_rows.{quote(c)}" for c in each),
             f"{quote('updated_at')} = %s",
         ]
     )
@@ -291,31 +302,39 @@ def devices_transition_many(
         f"FROM bulk_rows WHERE {table}.{quote('serial')} = bulk_rows.{quote('serial')} "
         f"AND {table}.{quote('state')} IN ({states}) RETURNING {returning}"
     )
-    values = ((serial, *(changes[column] for column in columns)) for serial, changes in rows)
-    with rows_table(Device, ["serial", *columns], values), connection.cursor() as cursor:
-        cursor.execute(sql, [transition.target, db_datetime(now), *transition.sources])
+    values = zip(serials, *each.values(), strict=True)
+    with rows_table(Device, ["serial", *each], values), connection.cursor() as cursor:
+        cursor.execute(sql, [transition.target, *changes.values(), db_datetime(now), *transition.sources])
         updated = cursor.fetchall()
-    if len(updated) != len(rows):
+    if len(updated) != len(serials):
         return len(updated)
-    items = association_items_from_rows(updated)
-    serials = [serial for serial, _ in rows]
+    # Webhook events name each device's thing and product, when the kind has any and an endpoint is
+    # enabled to receive them: a token run has none.
+    webhooks = kind in EVENT_TYPES_BY_AUDIT_KIND and WebhookEndpoint.objects.filter(enabled=True).exists()
     events_record(
         [NewEvent(kind=kind, actor=actor, serial=serial, data=data) for serial in serials],
         subjects={
-            serial: Subject(thing_name=item["thingName"], product=item["product"]) for serial, item in items.items()
-        },
+            item["productId"]: Subject(thing_name=item["thingName"], product=item["product"])
+            for item in association_items_from_rows(updated)
+        }
+        if webhooks
+        else {},
+        endpoints_enabled=webhooks,
     )
-    outbox_insert([items[serial] for serial in serials], now=now)
+    # In the order the UPDATE returned the devices: each has one item here, and the order between
+    # devices means nothing to the mirror. The items are made as COPY takes them.
+    outbox_insert(association_items_from_rows(updated, encoded=True), now=now)
     return len(updated)
 
 
-def outbox_insert(items: list[dict], *, now: datetime) -> None:
-    """Queue the DynamoDB items of many devices changed in this transaction."""
+def outbox_insert(items: Iterable[tuple[str, int, str]], *, now: datetime) -> None:
+    """Queue the DynamoDB items of devices changed in this transaction: (serial, version, the item as
+    `db_json` encodes it)."""
     stamp = db_datetime(now)
     insert_rows(
         DynamoOutbox,
         ["serial", "version", "item", "created_at", "attempts", "last_error"],
-        ((item["productId"], item["version"], db_json(item), stamp, 0, "") for item in items),
+        ((serial, version, item, stamp, 0, "") for serial, version, item in items),
     )
 
 

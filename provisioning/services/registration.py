@@ -12,8 +12,8 @@ from django.utils import timezone
 
 from ..audit import NewEvent
 from ..bulk import db_datetime, db_json, insert_rows, rows_table
-from ..mirror import association_item
-from ..models import AuditKind, Device, DeviceState, Product
+from ..mirror import AssociationItemsJson
+from ..models import AuditKind, Device, DeviceState, Product, WebhookEndpoint
 from ..validators import (
     PRODUCT_NAME_MESSAGE,
     PRODUCT_NAME_RE,
@@ -96,10 +96,12 @@ def serials_parse_csv(text: str, *, default_product: str | None = None) -> list[
     rows: list[ImportRow] = []
     errors: list[str] = []
     seen: dict[str, int] = {}
+    # A file of 100,000 rows names a handful of products: each is checked once.
+    good_products: set[str] = set()
     try:
         for values in reader:
             line = reader.line_num
-            if not values or all(not value.strip() for value in values):
+            if not "".join(values).strip():  # no cells, or only blank ones
                 continue
             if len(values) > width:
                 errors.append(f"line {line}: expected {width} column(s), found {len(values)}")
@@ -109,19 +111,24 @@ def serials_parse_csv(text: str, *, default_product: str | None = None) -> list[
                 values[product_column].strip() if product_column is not None and product_column < len(values) else ""
             )
             product = named or default_product or DEFAULT_PRODUCT
-            attributes = {
-                name: values[index].strip()
-                for index, name in attribute_columns.items()
-                if index < len(values) and values[index].strip()
-            }
+            attributes = (
+                {
+                    name: values[index].strip()
+                    for index, name in attribute_columns.items()
+                    if index < len(values) and values[index].strip()
+                }
+                if attribute_columns
+                else {}
+            )
             if not SERIAL_RE.match(serial):
                 errors.append(f"line {line}: {serial[:70]!r} is not a valid serial")
             elif serial in seen:
                 errors.append(f"line {line}: serial {serial} repeats line {seen[serial]}")
-            elif not PRODUCT_NAME_RE.match(product):
+            elif product not in good_products and not PRODUCT_NAME_RE.match(product):
                 errors.append(f"line {line}: {product[:70]!r}: {PRODUCT_NAME_MESSAGE}")
             else:
-                bad = _attribute_problem(attributes)
+                good_products.add(product)
+                bad = _attribute_problem(attributes) if attributes else None
                 if bad:
                     errors.append(f"line {line}: {bad}")
                     continue
@@ -181,44 +188,53 @@ def devices_import(
         known = _known_serials([row.serial for row in rows])
         new_rows = [row for row in rows if row.serial not in known]
         stamp = db_datetime(now)
-        thing_names = {row.serial: thing_name_for(row.serial) for row in new_rows}
         # One audit data dict per product, so the audit log encodes each once (audit_append_many).
         registered = {name: {"product": name} for name in product_names}
+        # The device rows and the DynamoDB items are made as COPY (PostgreSQL) takes them, so the server
+        # writes one batch while the next is made. New devices are all alike but for serial, product,
+        # thing name and attributes: their items need no query.
         insert_rows(
             Device,
             ["serial", "product_id", "state", "token_digest", "thing_name", "attributes", "aws_cleanup_pending",
              "version", "created_at", "updated_at", "import_batch_id"],
-            ((row.serial, product_ids[row.product], DeviceState.REGISTERED, "", thing_names[row.serial],
-              db_json(row.attributes), False, 1, stamp, stamp, batch) for row in new_rows),
+            ((row.serial, product_ids[row.product], DeviceState.REGISTERED, "", thing_name_for(row.serial),
+              db_json(row.attributes) if row.attributes else "{}", False, 1, stamp, stamp, batch)
+             for row in new_rows),
         )  # fmt: skip
-        events_record(
-            [
-                NewEvent(kind=AuditKind.DEVICE_REGISTERED, actor=actor, serial=row.serial, data=registered[row.product])
-                for row in new_rows
-            ]
-            + [
-                NewEvent(
-                    kind=AuditKind.SERIALS_IMPORTED,
-                    actor=actor,
-                    data={
-                        **(note or {}),
-                        "created": len(new_rows),
-                        "already_known": len(known),
-                        "products_created": len(missing),
-                    },
-                )
-            ],
-            subjects={row.serial: Subject(thing_name=thing_names[row.serial], product=row.product) for row in new_rows},
+        events = [
+            NewEvent(kind=AuditKind.DEVICE_REGISTERED, actor=actor, serial=row.serial, data=registered[row.product])
+            for row in new_rows
+        ]
+        events.append(
+            NewEvent(
+                kind=AuditKind.SERIALS_IMPORTED,
+                actor=actor,
+                data={
+                    **(note or {}),
+                    "created": len(new_rows),
+                    "already_known": len(known),
+                    "products_created": len(missing),
+                },
+            )
         )
-        # New devices are all alike but for serial, product and thing name: their items need no query.
+        # Webhook events name each device's thing and product; with no endpoint enabled (most imports)
+        # there is nothing to name them for.
+        webhooks = WebhookEndpoint.objects.filter(enabled=True).exists()
+        subjects = (
+            {row.serial: Subject(thing_name=thing_name_for(row.serial), product=row.product) for row in new_rows}
+            if webhooks
+            else {}
+        )
+        events_record(events, subjects=subjects, endpoints_enabled=webhooks)
+        item_json = AssociationItemsJson()
         outbox_insert(
-            [
-                association_item(
+            (
+                (row.serial, 1, item_json(
                     serial=row.serial, state=DeviceState.REGISTERED, version=1, product=row.product,
-                    thing_name=thing_names[row.serial], token_digest="", last_request_at=None, certificate_id=None,
-                )
+                    thing_name=thing_name_for(row.serial), token_digest="", last_request_at=None, certificate_id=None,
+                ))
                 for row in new_rows
-            ],
+            ),
             now=now,
         )  # fmt: skip
     return ImportReport(created=len(new_rows), already_known=len(known), products_created=len(missing))

@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from ..bulk import chunks, db_datetime
-from ..crypto import token_digests, token_generate
+from ..crypto import token_digests, token_generate_many
 from ..models import LIFECYCLE, AuditKind, Device, DeviceAction, DeviceState, action_allowed
 from ..validators import InputInvalid, token_ttl_check
 from .common import BatchOutcome, DeviceNotEligible, IssuedToken, ServiceError, devices_transition_many, issuing_advice
@@ -36,22 +36,23 @@ def tokens_issue(*, serials: list[str], actor: str, ttl_days: int | None = None)
         raise ServiceError("no devices to issue tokens for")
     now = timezone.now()
     expires_at = now + timedelta(days=ttl)
-    issued = [IssuedToken(serial=serial, token=token_generate(), expires_at=expires_at) for serial in serials]
-    stamp, expires = db_datetime(now), db_datetime(expires_at)
-    rows = [
-        (t.serial, {"token_digest": digest, "token_expires_at": expires, "token_issued_at": stamp})
-        for t, digest in zip(issued, token_digests([t.token for t in issued]), strict=True)
+    tokens = token_generate_many(len(serials))
+    issued = [
+        IssuedToken(serial=serial, token=token, expires_at=expires_at)
+        for serial, token in zip(serials, tokens, strict=True)
     ]
     # The state condition makes an update lose cleanly against a vend that claimed the device a moment
     # ago; any row not updated rolls the whole run back, so either every device gets its token or none.
     with transaction.atomic():
         updated = devices_transition_many(
             action=DeviceAction.ISSUE_TOKEN,
-            rows=rows,
+            serials=serials,
             kind=AuditKind.TOKEN_ISSUED,
             actor=actor,
             data={"expires_at": expires_at.isoformat(), "ttl_days": ttl},
             now=now,
+            changes={"token_expires_at": db_datetime(expires_at), "token_issued_at": db_datetime(now)},
+            each={"token_digest": token_digests(tokens)},
         )
         if updated != len(issued):
             _raise_why_tokens_failed(serials)

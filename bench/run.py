@@ -38,6 +38,7 @@ from scripts.processes import (
     free_port,
     gunicorn_command,
     wait_for_port,
+    wait_until,
 )
 from scripts.processes import manage as manage_process
 
@@ -88,11 +89,11 @@ def fresh_env(name: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def devices_with_tokens(env: dict[str, str], prefix: str, count: int) -> dict[str, str]:
-    source = WORK / f"{prefix}.csv"
+def devices_with_tokens(env: dict[str, str], prefix: str, count: int, files: str = "") -> dict[str, str]:
+    source = WORK / f"{files or prefix}.csv"
     source.write_text("serial,product\n" + "".join(f"{prefix}-{i:06d},bench\n" for i in range(count)))
     manage(env, "import_serials", str(source))
-    out = WORK / f"{prefix}-tokens.csv"
+    out = WORK / f"{files or prefix}-tokens.csv"  # a new file each time: issue_tokens never overwrites one
     manage(env, "issue_tokens", "--all-registered", "--out", str(out))
     return {row["serial"]: row["token"] for row in csv.DictReader(out.open())}
 
@@ -210,7 +211,7 @@ def attacked_portal(children: Children, name: str, devices: int, cache_db: int, 
         "fake AWS IoT", [PYTHON, "-m", "bench.fake_iot", "--port", str(fake_port), "--latency-ms", "0"], env=env
     )
     wait_for_port(fake_port, what="the fake AWS IoT", process=fake)
-    tokens = devices_with_tokens(env, name.upper()[:3], devices)
+    tokens = devices_with_tokens(env, name.upper()[:3], devices, files=name)
     # gunicorn.conf.py's own defaults on two cores: 3 workers x 16 threads.
     if front == "gunicorn":
         url, ca = portal(children, env, workers=3, threads=16)
@@ -231,14 +232,18 @@ def proxied_portal(children: Children, env: dict[str, str], *, workers: int, thr
     tls = ensure_tls(WORK / "tls")
     upstream, https_port = free_port(), free_port()
     command = gunicorn_command(f"127.0.0.1:{upstream}", workers=workers, threads=threads)
-    wait_for_port(upstream, what="the portal", process=children.start("portal", command, env=env))
+    gunicorn = children.start("portal", command, env=env)
+    wait_for_port(upstream, what="the portal", process=gunicorn)
+    time.sleep(1)  # the master forks its workers after it listens
+    # Straight at gunicorn: nginx's connections to it need not reach every worker soon.
+    wait_for_workers(f"http://127.0.0.1:{upstream}", tls.ca_cert, workers, master=gunicorn)
     directory = Path(tempfile.mkdtemp(prefix="nginx-", dir=WORK))
     values = nginx_values(tls, https_port=https_port, http_port=free_port(), upstream=f"127.0.0.1:{upstream}")
     conf = write_nginx_conf(directory, values)
     proxy = children.start("nginx", nginx_command(directory, conf), env=env)
     wait_for_port(https_port, what="nginx", process=proxy)
     url = f"https://127.0.0.1:{https_port}"
-    wait_for_workers(url, tls.ca_cert, workers)
+    wait_until(lambda: session(tls.ca_cert).get(url + "/api/v1/health", timeout=5).ok, what="nginx", process=proxy)
     return url, tls.ca_cert
 
 
@@ -341,7 +346,7 @@ FRONT_LABELS = {"nginx": "behind nginx", "gunicorn": "gunicorn alone"}
 def flood_behind(front: str, flood: int, rounds: int, rate: float) -> dict[str, Any]:
     started_load = load()
     with Children() as children:
-        target = attacked_portal(children, "flood", devices=8000, cache_db=12, front=front)
+        target = attacked_portal(children, f"flood-{front}", devices=8000, cache_db=12, front=front)
         attacker = attacker_address(target, ATTACKER[front])
         vendor = Vendor(target, iter(target["tokens"]))
         for _ in range(10):  # warm: imports, connections, the first queries of each worker
@@ -419,7 +424,7 @@ def bench_spray(rate: float = 150.0, rounds: int = 3, seconds: float = 8.0, clie
 def spray_behind(front: str, rate: float, rounds: int, seconds: float, clients: int) -> dict[str, Any]:
     started_load = load()
     with Children() as children:
-        target = attacked_portal(children, "spray", devices=12000, cache_db=11, front=front)
+        target = attacked_portal(children, f"spray-{front}", devices=12000, cache_db=11, front=front)
         serials = list(target["tokens"])
         guessed = WORK / "spray-targets.txt"
         guessed.write_text("\n".join(serials[-1000:]))  # registered devices the attacker guesses tokens for
@@ -482,9 +487,11 @@ def portal(children: Children, env: dict[str, str], *, workers: int, threads: in
     tls = ensure_tls(WORK / "tls")
     port = free_port()
     command = gunicorn_command(f"127.0.0.1:{port}", tls=tls, workers=workers, threads=threads)
-    wait_for_port(port, what="the portal", process=children.start("portal", command, env=env))
+    gunicorn = children.start("portal", command, env=env)
+    wait_for_port(port, what="the portal", process=gunicorn)
+    time.sleep(1)  # the master forks its workers after it listens
     url = f"https://127.0.0.1:{port}"
-    wait_for_workers(url, tls.ca_cert, workers)
+    wait_for_workers(url, tls.ca_cert, workers, master=gunicorn)
     return url, tls.ca_cert
 
 
@@ -492,13 +499,21 @@ BENCH_METRICS_TOKEN = "bench-metrics-token-0123456789abcdef"  # noqa: S105 (a lo
 METRICS_AUTHORIZATION = {"Authorization": f"Bearer {BENCH_METRICS_TOKEN}"}
 
 
-def wait_for_workers(url: str, ca: Path, workers: int, timeout: float = 60.0) -> None:
+def wait_for_workers(url: str, ca: Path, workers: int, timeout: float = 60.0, master: Any = None) -> None:
     """Until every gunicorn worker answers: the master listens long before its workers have loaded Django,
     and a benchmark that starts then measures the boot. Each worker's /metrics (loopback may read it)
-    names its own process start time; one new connection at a time reaches any worker."""
+    names its own process start time; one new connection at a time reaches any worker. Start times
+    count in clock ticks (10 ms): workers forked within one tick look alike, so with the master's process
+    at hand, as many distinct times as its workers have distinct start ticks is enough."""
+    expected = workers
+    if master is not None:
+        with contextlib.suppress(OSError):
+            pids = Path(f"/proc/{master.pid}/task/{master.pid}/children").read_text().split()
+            ticks = {Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] for pid in pids}
+            expected = min(workers, len(ticks)) if len(pids) == workers else workers
     seen: set[str] = set()
     deadline = time.monotonic() + timeout
-    while len(seen) < workers:
+    while len(seen) < expected:
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {len(seen)} of {workers} workers answered within {timeout:.0f} s")
         text = session(ca).get(url + "/metrics", headers=METRICS_AUTHORIZATION, timeout=30).text

@@ -1152,15 +1152,19 @@ NOTES: dict[str, str] = {
     "the app registry; 0.1 to 0.2 s of it compiling the project's modules where no bytecode is written), the "
     "CSV's parsing 0.4 s, the tokens and their file 0.4 s. On SQLite all of it runs in the process: 3.6 to "
     "5.0 s of CPU for the import and 4.2 to 4.9 s for the token run, of which SQLite's own work on the rows "
-    "and their indexes 1.5 to 2 s and the commit's fsync 0.3 s.",
+    "and their indexes 1.5 to 2 s and the commit's fsync 0.3 s. The machine ran slower on the evening of "
+    "2026-11-29 than in the afternoon: the figures above are from 22:36 UTC (load 1.5 to 3.8). Minutes later, "
+    "the same SQLite run alternated between the code before this round's bulk work and after it (load 1.5 to "
+    "2.3) took 10.9 and 9.7 s (import) and 10.9 and 11.2 s (tokens) before, 6.9 and 6.5 s and 6.5 and 7.8 s "
+    "after: about a third less, but not the 5 s of the target on this machine at that speed.",
     "mirror": "The emulator is the limit here, not the portal: measured directly, moto's server accepts "
     "about 115 PutItem calls/s from one client and about 170/s from 16, conditional or not, on this "
     "machine. The portal's own side of the drain is the no-op figure. The lag while vending is the backlog "
     "the emulator's pace leaves behind; against DynamoDB, which takes thousands of writes per second, it "
     "is the worker's half-second poll.",
-    "flood": "Behind nginx, as deployed: 0 rows written; the vend beside the flood slowed by +20 % to +30 % in "
-    "the runs of 2026-11-29 (22:00 to 22:10 UTC, load 0.5 to 3.5 from other work on the machine), around the "
-    "target rather than reliably under it. nginx answers the flood beyond 100 calls/s (compose's "
+    "flood": "Behind nginx, as deployed: 0 rows written; the vend beside the flood slowed by +20 % to +37 % in "
+    "the runs of 2026-11-29 (22:00 to 22:40 UTC, load 0.5 to 3.8 from other work on the machine), around the "
+    "target or above it, not reliably under it. nginx answers the flood beyond 100 calls/s (compose's "
     "CVM_DEVICE_CALLS_PER_SECOND) itself, and the server side spends 0.6 ms of CPU per flood request, nginx "
     "included; what is left is the 100/s nginx lets through, each answered 429 by the portal's lockout "
     "middleware (about 1.4 ms of gunicorn's CPU), and the flood client itself, a Python process on the same two "

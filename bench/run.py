@@ -1248,7 +1248,8 @@ def updated(document: str, results: list[dict[str, Any]], loads: tuple[str, str]
     names = ", ".join(f"`{r['name']}`" for r in results)
     note = (
         f"{names} measured again on {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC "
-        f"(load average {loads[0]} at the start, {loads[1]} at the end); the sections of the others are as before."
+        f"on {machine()} (load average {loads[0]} at the start, {loads[1]} at the end); the sections of the "
+        "others are as before."
     )
     table = next(i for i, line in enumerate(lines) if line.startswith("| benchmark |"))
     lines[table - 1 : table - 1] = [note]

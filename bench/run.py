@@ -161,7 +161,8 @@ def load() -> str:
 
 
 def server_cpu_seconds(process: subprocess.Popen) -> float:
-    """CPU time of a gunicorn master and its workers, those gone included (Linux /proc)."""
+    """CPU time of a server's master process (gunicorn's, nginx's) and its workers, those gone included
+    (Linux /proc)."""
     tick = os.sysconf("SC_CLK_TCK")
 
     def times(pid: int, reaped: bool) -> float:
@@ -173,14 +174,6 @@ def server_cpu_seconds(process: subprocess.Popen) -> float:
     with contextlib.suppress(OSError):
         workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
     return times(process.pid, reaped=True) + sum(times(int(pid), reaped=False) for pid in workers)
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a running process (Linux /proc)."""
-    with contextlib.suppress(OSError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return 0.0
 
 
 def attacked_portal(children: Children, name: str, devices: int, cache_db: int, front: str = "nginx") -> dict[str, Any]:
@@ -249,12 +242,8 @@ def proxied_portal(children: Children, env: dict[str, str], *, workers: int, thr
 
 def front_cpu_seconds(portal: dict[str, Any]) -> float:
     """The server side's CPU time: gunicorn's master and workers, and nginx's master and worker."""
-    seconds = server_cpu_seconds(portal["gunicorn"])
-    if portal["proxy"] is not None:
-        with contextlib.suppress(OSError):
-            workers = Path(f"/proc/{portal['proxy'].pid}/task/{portal['proxy'].pid}/children").read_text().split()
-            seconds += process_cpu_seconds(portal["proxy"].pid) + sum(process_cpu_seconds(int(p)) for p in workers)
-    return seconds
+    proxy = portal["proxy"]
+    return server_cpu_seconds(portal["gunicorn"]) + (server_cpu_seconds(proxy) if proxy is not None else 0.0)
 
 
 def attacker_address(portal: dict[str, Any], address: str) -> list[str]:

@@ -23,6 +23,8 @@ from typing import Any
 from django.db import connection
 from django.db.models import Model
 
+from . import prepared
+
 BATCH = 5000
 # SQLite's page cache for a bulk write (BATCH rows or more), in KiB (a negative cache_size is KiB). The
 # default 2 MiB cannot hold the index pages 100,000 rows touch, so SQLite spills and reads them again; the
@@ -43,8 +45,7 @@ def db_json(value: Any) -> str:
 
 
 def _quoted(model: type[Model], columns: Sequence[str]) -> tuple[str, str]:
-    quote = connection.ops.quote_name
-    return quote(model._meta.db_table), ", ".join(quote(column) for column in columns)
+    return prepared.table(model), ", ".join(prepared.quote(name) for name in columns)
 
 
 def _sqlite_bulk_cache(cursor: Any) -> None:

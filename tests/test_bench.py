@@ -3,6 +3,7 @@ run by `make bench`, not here)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -11,26 +12,41 @@ from django.conf import settings
 from django.db import transaction
 
 from bench.bare_stages import BareStages
-from bench.pg_throughput import unchained_append_many
+from bench.pg_throughput import UNCHAINED_TABLE, unchained_append_many, unchained_table
 from provisioning import aws
-from provisioning.audit import NewEvent, audit_head
+from provisioning.audit import NewEvent, audit_append, audit_chain_pending, audit_head, audit_unchained
 from provisioning.models import AuditEvent
 
 
 @pytest.mark.django_db
-def test_the_unchained_baseline_writes_the_same_rows_without_touching_the_chain():
+def test_the_unchained_baseline_writes_the_same_rows_beside_the_log_and_the_sequencer_goes_on():
+    from django.db import connection
+
+    audit_append(kind="vend_claimed", actor="device", serial="SN-BEFORE", data={})
+    audit_chain_pending()
     head = audit_head()
     events = [
         NewEvent(kind="vend_claimed", actor="device", serial=f"SN-{i}", data={"key_origin": "aws"}) for i in range(3)
     ]
 
+    unchained_table()
     with transaction.atomic():
         unchained_append_many(events)
 
-    rows = AuditEvent.objects.filter(serial__startswith="SN-").order_by("seq")
-    assert [(e.serial, e.kind, e.data) for e in rows] == [(e.serial, e.kind, e.data) for e in events]
-    assert len({e.hash for e in rows}) == 3
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT serial, kind, data, hash FROM {UNCHAINED_TABLE} ORDER BY seq")  # noqa: S608
+        rows = cursor.fetchall()
+    assert [(serial, kind, json.loads(data) if isinstance(data, str) else data) for serial, kind, data, _ in rows] == [
+        (e.serial, e.kind, e.data) for e in events
+    ]
+    assert len({row[3] for row in rows}) == 3
+    assert not AuditEvent.objects.filter(serial__startswith="SN-").exclude(serial="SN-BEFORE").exists()
     assert (audit_head().seq, audit_head().head) == (head.seq, head.head)
+    # What a chained round after an unchained one needs: the sequencer still chains (it used to stop,
+    # taking the yardstick's rows for a rewritten history).
+    audit_append(kind="vend_claimed", actor="device", serial="SN-AFTER", data={})
+    assert audit_chain_pending() == 1
+    assert audit_unchained()[0] == 0
 
 
 def test_update_replaces_the_measured_sections_and_rows_and_keeps_the_rest():

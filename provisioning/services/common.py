@@ -285,8 +285,7 @@ def devices_transition_many(
         return 0
     transition = LIFECYCLE[action]
     changes, each = changes or {}, each or {}
-    quote = connection.ops.quote_name
-    table = quote(Device._meta.db_table)  # from the model; every value below is a parameter
+    devices = table(Device)  # names from the model, quoted; every value below is a parameter
     assignments = ", ".join(
         [
             f"{quote('state')} = %s",
@@ -296,11 +295,11 @@ def devices_transition_many(
         ]
     )
     states = ", ".join(["%s"] * len(transition.sources))
-    returning = ", ".join(f"{table}.{quote(column)}" for column in ASSOCIATION_COLUMNS)
+    returning = ", ".join(f"{devices}.{quote(name)}" for name in ASSOCIATION_COLUMNS)
     sql = (
-        f"UPDATE {table} SET {assignments}, {quote('version')} = {table}.{quote('version')} + 1 "  # noqa: S608
-        f"FROM bulk_rows WHERE {table}.{quote('serial')} = bulk_rows.{quote('serial')} "
-        f"AND {table}.{quote('state')} IN ({states}) RETURNING {returning}"
+        f"UPDATE {devices} SET {assignments}, {quote('version')} = {devices}.{quote('version')} + 1 "  # noqa: S608
+        f"FROM bulk_rows WHERE {devices}.{quote('serial')} = bulk_rows.{quote('serial')} "
+        f"AND {devices}.{quote('state')} IN ({states}) RETURNING {returning}"
     )
     values = zip(serials, *each.values(), strict=True)
     with rows_table(Device, ["serial", *each], values), connection.cursor() as cursor:

@@ -176,12 +176,14 @@ def server_cpu_seconds(process: subprocess.Popen) -> float:
     return times(process.pid, reaped=True) + sum(times(int(pid), reaped=False) for pid in workers)
 
 
-def attacked_portal(children: Children, name: str, devices: int, cache_db: int, front: str = "nginx") -> dict[str, Any]:
+def attacked_portal(
+    children: Children, name: str, devices: int, cache_db: int, front: str = "nginx", database_url: str = ""
+) -> dict[str, Any]:
     """The portal under gunicorn (the project's configuration), its failure limits as in production, the
     cache in Redis, AWS IoT a fake that answers at once, unpaced. `front`: "nginx", deploy/nginx's server
     configuration terminating TLS in front of gunicorn on plain HTTP, as deployed; or "gunicorn",
     terminating TLS itself and trusting X-Forwarded-For from 127.0.0.1, where the benchmark's clients
-    write the addresses they stand for."""
+    write the addresses they stand for. The database is SQLite unless `database_url` names another."""
     import redis
 
     redis.Redis(db=cache_db).flushdb()
@@ -199,6 +201,7 @@ def attacked_portal(children: Children, name: str, devices: int, cache_db: int, 
         CVM_METRICS_TOKEN=BENCH_METRICS_TOKEN,  # required behind a proxy; wait_for_workers sends it
         # The fake has no quota: pacing vends to AWS IoT's would cap them at 10/s and hide what a flood costs.
         CVM_AWS_RATES="off",
+        **({"DATABASE_URL": database_url} if database_url else {}),
     )
     fake = children.start(
         "fake AWS IoT", [PYTHON, "-m", "bench.fake_iot", "--port", str(fake_port), "--latency-ms", "0"], env=env
@@ -241,9 +244,26 @@ def proxied_portal(children: Children, env: dict[str, str], *, workers: int, thr
 
 
 def front_cpu_seconds(portal: dict[str, Any]) -> float:
-    """The server side's CPU time: gunicorn's master and workers, and nginx's master and worker."""
+    """The server side's CPU time: gunicorn's master and workers, nginx's master and worker, and on
+    PostgreSQL the database server's processes (the benchmark's is the only database at work)."""
     proxy = portal["proxy"]
-    return server_cpu_seconds(portal["gunicorn"]) + (server_cpu_seconds(proxy) if proxy is not None else 0.0)
+    seconds = server_cpu_seconds(portal["gunicorn"]) + (server_cpu_seconds(proxy) if proxy is not None else 0.0)
+    if portal["env"]["DATABASE_URL"].startswith("postgres"):
+        seconds += postgres_cpu_seconds()
+    return seconds
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time of every process named postgres (Linux /proc): the postmaster, with the backends it has
+    reaped, and those still running."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            head, _, rest = stat.read_text().rpartition(")")
+            if head.endswith("(postgres"):
+                total += sum(int(x) for x in rest.split()[11:15])
+    return total / tick
 
 
 def attacker_address(portal: dict[str, Any], address: str) -> list[str]:
@@ -397,23 +417,33 @@ def audit_rows(env: dict[str, str], address: str) -> int:
 def bench_spray(rate: float = 150.0, rounds: int = 3, seconds: float = 8.0, clients: int = 4) -> dict[str, Any]:
     """Issue 18: legitimate vends/s (CLIENTS devices at a time) with and without `rate` wrong tokens/s from
     thousands of addresses, each under its own limit, half against registered serials; rounds alternate.
-    Behind nginx as deployed (what the target is judged on), then with gunicorn facing the clients alone."""
-    results = {front: spray_behind(front, rate, rounds, seconds, clients) for front in FRONTS}
+    Behind nginx as deployed (what the target is judged on), on SQLite and on PostgreSQL (a database of its
+    own, when one answers), then with gunicorn facing the clients alone."""
+    results = {"nginx": spray_behind("nginx", rate, rounds, seconds, clients)}
+    with pg_database() as (url, problem):
+        results["nginx-pg"] = (
+            spray_behind("nginx", rate, rounds, seconds, clients, database_url=url)
+            if url
+            else {"skipped": f"PostgreSQL is not reachable at 127.0.0.1:5432 ({problem})"}
+        )
+    results["gunicorn"] = spray_behind("gunicorn", rate, rounds, seconds, clients)
+    labels = {**FRONT_LABELS, "nginx-pg": "behind nginx, PostgreSQL"}
     return {
         "name": "spray",
-        "figures": {
-            f"{FRONT_LABELS[front]}: {name}": value for front in FRONTS for name, value in results[front].items()
-        },
+        "figures": {f"{labels[run]}: {name}": value for run in results for name, value in results[run].items()},
         "target": f"legitimate vends/s while {rate:.0f} wrong tokens/s arrive from many addresses: at most 20 % "
         "fewer (behind nginx, as deployed)",
         "met": results["nginx"]["legitimate vend throughput change %"] >= -20,
     }
 
 
-def spray_behind(front: str, rate: float, rounds: int, seconds: float, clients: int) -> dict[str, Any]:
+def spray_behind(
+    front: str, rate: float, rounds: int, seconds: float, clients: int, database_url: str = ""
+) -> dict[str, Any]:
     started_load = load()
     with Children() as children:
-        target = attacked_portal(children, f"spray-{front}", devices=12000, cache_db=11, front=front)
+        name = f"spray-{front}" + ("-pg" if database_url else "")
+        target = attacked_portal(children, name, devices=12000, cache_db=11, front=front, database_url=database_url)
         serials = list(target["tokens"])
         guessed = WORK / "spray-targets.txt"
         guessed.write_text("\n".join(serials[-1000:]))  # registered devices the attacker guesses tokens for
@@ -1055,11 +1085,13 @@ DESCRIPTIONS = {
     "Four rounds without the flood alternate with four rounds of 2,500 flood requests each; the server "
     "side's CPU (gunicorn and nginx) per refused request is measured alone, on 2,000 of them.",
     "spray": "Four legitimate devices at a time (each line from an address of its own) vend through gunicorn "
-    "(as in `flood`, behind nginx and then alone) for 8 s; in alternate rounds a process of its own sends "
+    "(as in `flood`: behind nginx on SQLite, behind nginx on PostgreSQL, and gunicorn alone on SQLite) for 8 s; "
+    "in alternate rounds a process of its own sends "
     "150 wrong tokens/s from 20,000 addresses (each far under its limit; behind nginx each address is a TLS "
     "connection of its own, ten requests long), half for 1,000 registered serials and half for unknown "
     "ones, so every one is a full refusal: looked up, counted and audited. Three rounds each; the server "
-    "side's CPU per refusal is measured alone, over 4 s.",
+    "side's CPU per refusal (gunicorn, nginx and, on PostgreSQL, the database server) is measured alone, over "
+    "4 s.",
     "mirror": "`sync_dynamodb --once` draining 5,000 changes into the local AWS emulator (moto server) over "
     "HTTP, 16 writes in flight; the same drain with DynamoDB replaced by an in-process no-op (what the portal "
     "itself can do); then the lag from commit to DynamoDB while 100 devices vend with a worker running.",

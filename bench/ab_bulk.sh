@@ -1,6 +1,6 @@
 #!/bin/bash
 # A/B of the bulk commands between two checkouts, alternated, on SQLite and PostgreSQL (127.0.0.1:5432,
-# database cvm_ab, dropped and made again each time), 100,000 serials, process start included.
+# database cvm_ab_PID, dropped and made again each time), 100,000 serials, process start included.
 #
 #   git worktree add --detach /tmp/before b5793ac && ln -s "$PWD/.venv" /tmp/before/.venv
 #   bench/ab_bulk.sh /tmp/before . [ROUNDS]
@@ -10,7 +10,8 @@
 set -euo pipefail
 before=$(cd "$1" && pwd) after=$(cd "$2" && pwd) rounds=${3:-2}
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+database=cvm_ab_$$
+trap 'rm -rf "$work"; psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $database WITH (FORCE)" 2> /dev/null || true' EXIT
 export SECRET_KEY=bench-secret-key-0123456789abcdefghijklmnopqrstuv
 export CVM_TOKEN_HMAC_KEY=bench-token-key-0123456789abcdefghijklmnopqr
 export CVM_AUDIT_HMAC_KEY=bench-audit-key-0123456789abcdefghijklmnopqr
@@ -28,9 +29,9 @@ for round in $(seq "$rounds"); do
         export DATABASE_URL="sqlite:///$work/ab.sqlite3"
         rm -f "$work"/ab.sqlite3*
       else
-        export DATABASE_URL=postgres://postgres@127.0.0.1:5432/cvm_ab
-        psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS cvm_ab WITH (FORCE)" \
-          -c "CREATE DATABASE cvm_ab" 2> /dev/null
+        export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$database
+        psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $database WITH (FORCE)" \
+          -c "CREATE DATABASE $database" 2> /dev/null
       fi
       .venv/bin/python manage.py migrate -v0
       import=$(seconds .venv/bin/python manage.py import_serials "$work/serials.csv")

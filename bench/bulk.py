@@ -21,7 +21,8 @@ from scripts.processes import PYTHON, ROOT
 from scripts.processes import manage as manage_process
 
 POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
-POSTGRES_DATABASE = "cvm_bulk_bench"
+# One per process: two benchmark runs at once must not drop each other's database.
+POSTGRES_DATABASE = f"cvm_bulk_bench_{os.getpid()}"
 LIMIT_SECONDS = 5.0
 
 

@@ -869,7 +869,8 @@ def measure_lag(env: dict[str, str], children: Children) -> dict[str, float]:
 # --- 7. pg_throughput: vends and audit appends from 1, 4 and 16 processes against PostgreSQL -------------
 
 PG_SERVER = "host=127.0.0.1 port=5432 user=postgres"
-PG_DATABASE = "cvm_bench"
+# One per process: two benchmark runs at once must not drop each other's database.
+PG_DATABASE = f"cvm_bench_{os.getpid()}"
 
 
 @contextlib.contextmanager
@@ -1100,7 +1101,7 @@ DESCRIPTIONS = {
     "writer threads each appending one event per transaction, as a vend does, for 10 s while the worker's "
     "sequencer (`audit_follow`, four rounds a second) runs beside them, the age of the oldest unchained event "
     "sampled every 50 ms; at the end nothing may be left unchained and `audit_verify` must find nothing.",
-    "pg_throughput": "Against PostgreSQL on 127.0.0.1:5432 (a database of its own, `cvm_bench`, dropped "
+    "pg_throughput": "Against PostgreSQL on 127.0.0.1:5432 (a database of its own, `cvm_bench_PID`, dropped "
     "afterwards; skipped when none answers): vends through the vend service with AWS answering at once, and "
     "audit appends (`audit_append`, each in its own transaction), from 1, 4 and 16 worker processes started "
     "together (processes, each with its own connection, so they contend for the database and the cores, not "

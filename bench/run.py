@@ -10,6 +10,7 @@ What is measured inside a Django process of its own is a module here too (`bench
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import datetime
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from scripts.processes import (
     PYTHON,
@@ -42,7 +43,9 @@ from scripts.processes import (
 )
 from scripts.processes import manage as manage_process
 
-WORK = Path(tempfile.mkdtemp(prefix="cvm-bench-"))
+# Made by main() when a run starts and removed when it ends (importing this module leaves nothing behind);
+# named after the process, and refused if it already exists.
+WORK = Path(tempfile.gettempdir()) / f"cvm-bench-{os.getpid()}"
 
 BASE_ENV = {
     "SECRET_KEY": "bench-secret-key-0123456789abcdefghijklmnopqrstuv",
@@ -1305,22 +1308,44 @@ def updated(document: str, results: list[dict[str, Any]], loads: tuple[str, str]
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    update = "--update" in sys.argv
-    names = [arg for arg in sys.argv[1:] if arg != "--update"]
-    if update and not names:
-        print("--update needs the names of the benchmarks to measure again", file=sys.stderr)
-        return 2
-    if unknown := [name for name in names if name not in BENCHES and name != "admin"]:
-        print(f"unknown benchmark(s): {', '.join(unknown)}; names: {', '.join(DESCRIPTIONS)}", file=sys.stderr)
-        return 2
-    wanted = names or [
-        "overhead", "vend", "stages", "burst", "bulk", "admin", "mirror", "flood", "spray", "pg_throughput",
-        "audit_chain",
-    ]  # fmt: skip
+ALL = (
+    "overhead", "vend", "stages", "burst", "bulk", "admin", "mirror", "flood", "spray", "pg_throughput", "audit_chain",
+)  # fmt: skip
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse prints the whole usage block before the error; bad input gets one line, as the
+        # project's commands give it, and `--help` still shows the usage.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def arguments(argv: list[str]) -> argparse.Namespace:
+    parser = OneLineErrors(
+        prog="python -m bench.run",
+        description="Run every benchmark and write BENCHMARKS.md, or run the named ones and print their figures.",
+        epilog=f"names: {', '.join(ALL)}",
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all)")
+    parser.add_argument(
+        "--update", action="store_true", help="also replace their sections and summary rows in BENCHMARKS.md"
+    )
+    args = parser.parse_args(argv)
+    if unknown := [name for name in args.names if name not in ALL]:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}; names: {', '.join(ALL)}")
+    if args.update and not args.names:
+        parser.error("--update needs the names of the benchmarks to measure again")
+    args.names = list(dict.fromkeys(args.names))  # each once, in the order given
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(sys.argv[1:] if argv is None else argv)
+    update, wanted = args.update, args.names or list(ALL)
     results = []
     bulk_env = None
     run_started = load_average()
+    WORK.mkdir(mode=0o700)
     try:
         for name in wanted:
             print(f"== {name}", flush=True)

@@ -127,3 +127,26 @@ def test_the_bare_stages_make_the_aws_calls_of_a_vend(aws_mock):
 
     assert bare == portal
     assert len(aws_mock.active_certificates()) == 2
+
+
+def test_bench_run_reads_its_command_line_like_any_command(capsys):
+    from bench.run import ALL, DESCRIPTIONS, arguments
+
+    assert set(ALL) == set(DESCRIPTIONS), "every benchmark has a description, and `make bench` runs each"
+    assert arguments(["vend", "flood", "vend"]).names == ["vend", "flood"]
+    assert arguments(["--update", "spray"]).update
+    for argv, said in (
+        (["nosuch"], "unknown benchmark(s): nosuch"),
+        (["--update"], "--update needs the names"),
+        (["--slow", "vend"], "unrecognized arguments: --slow"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            arguments(argv)
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert said in err
+        assert len(err.strip().splitlines()) == 1, err
+    with pytest.raises(SystemExit) as exited:
+        arguments(["--help"])
+    assert exited.value.code == 0
+    assert "--update" in capsys.readouterr().out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import models
 from django.http import QueryDict
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -50,9 +51,6 @@ from .services import device_reset, device_revoke, devices_import, tokens_issue
 UNKNOWN_SERIAL = "unknown serial"
 
 
-NUMERIC_FIELDS = frozenset({"AutoField", "BigAutoField", "BigIntegerField", "IntegerField", "PositiveBigIntegerField"})
-
-
 class StaffPagination(CursorPagination):
     """`{"results": [...], "next": URL or null}`; `page_size` 1 to 1000 (default 100)."""
 
@@ -76,7 +74,8 @@ class StaffPagination(CursorPagination):
         # restart the listing instead of saying the cursor is wrong.
         if cursor is not None and cursor.position is not None:
             field = self.model._meta.get_field(self.ordering[0].lstrip("-"))
-            if field.get_internal_type() in NUMERIC_FIELDS and not cursor.position.isdigit():
+            # Every integer field (the auto and big ones too) is an IntegerField.
+            if isinstance(field, models.IntegerField) and not cursor.position.isdigit():
                 raise ValidationError({"cursor": [self.invalid_cursor]})
         return cursor
 

@@ -58,19 +58,23 @@ THROTTLE_RETRY_AFTER = 5
 OUTAGE_RETRY_AFTER = 15
 
 
+# Each service as staff know it, by boto3's name for it: what an AwsError names as the one that failed.
+SERVICE_NAMES = {"iot": "AWS IoT", "dynamodb": "DynamoDB", "s3": "Amazon S3"}
+
+
 class AwsError(Exception):
     """Base of the two domain errors; `code` is AWS's error code or a short name of the failure."""
 
     kind = "error"  # "transient" or "configuration": metrics, logs and the dashboard tell them apart
 
     def __init__(
-        self, code: str, operation: str, retry_after: int = OUTAGE_RETRY_AFTER, *, service: str = "AWS IoT"
+        self, code: str, operation: str, retry_after: int = OUTAGE_RETRY_AFTER, *, service: str = SERVICE_NAMES["iot"]
     ) -> None:
         super().__init__(f"{operation}: {code}")
         self.code = code
         self.operation = operation
         self.retry_after = retry_after
-        self.service = service  # who did not answer or refused, as staff know it: "AWS IoT", "DynamoDB", "Amazon S3"
+        self.service = service  # who did not answer or refused: one of SERVICE_NAMES
         # Set by certificate_provision when it could not remove the certificate it had created.
         self.leftover_certificate_id: str | None = None
 
@@ -107,7 +111,7 @@ def call(
     /,
     *,
     expected: frozenset[str] = frozenset(),
-    service: str = "AWS IoT",
+    service: str = SERVICE_NAMES["iot"],
     **kwargs: Any,
 ) -> T:
     """Make one AWS call; translate, log and count its failure.
@@ -167,14 +171,18 @@ def iot_admit(operations: list[str]) -> None:
 def s3(operation: str, /, *, expected: frozenset[str] = frozenset(), **kwargs: Any) -> Any:
     """An S3 call by its API name (audit anchors only)."""
     return call(
-        operation, getattr(s3_client(), xform_name(operation)), expected=expected, service="Amazon S3", **kwargs
+        operation, getattr(s3_client(), xform_name(operation)), expected=expected, service=SERVICE_NAMES["s3"], **kwargs
     )
 
 
 def dynamodb(operation: str, /, *, expected: frozenset[str] = frozenset(), **kwargs: Any) -> Any:
     """A DynamoDB call by its API name (`"PutItem"`)."""
     return call(
-        operation, getattr(dynamodb_client(), xform_name(operation)), expected=expected, service="DynamoDB", **kwargs
+        operation,
+        getattr(dynamodb_client(), xform_name(operation)),
+        expected=expected,
+        service=SERVICE_NAMES["dynamodb"],
+        **kwargs,
     )
 
 
@@ -198,9 +206,6 @@ def _config() -> Config:
 
 
 _client_lock = threading.Lock()
-
-
-SERVICE_NAMES = {"iot": "AWS IoT", "dynamodb": "DynamoDB", "s3": "Amazon S3"}
 
 
 def _client(service: str, config: Config | None = None) -> Any:

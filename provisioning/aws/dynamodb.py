@@ -8,7 +8,7 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from .clients import CONDITION_FAILED, MISSING, AwsRejected, AwsUnavailable, dynamodb
+from .clients import CONDITION_FAILED, MISSING, SERVICE_NAMES, AwsRejected, AwsUnavailable, dynamodb
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -41,7 +41,7 @@ def table_ensure(*, table_name: str) -> bool:
     deadline = time.monotonic() + TABLE_READY_SECONDS
     while dynamodb("DescribeTable", TableName=table_name)["Table"].get("TableStatus") != "ACTIVE":
         if time.monotonic() > deadline:
-            raise AwsUnavailable("TableNotActive", "DescribeTable", service="DynamoDB")
+            raise AwsUnavailable("TableNotActive", "DescribeTable", service=SERVICE_NAMES["dynamodb"])
         time.sleep(1)
     return True
 

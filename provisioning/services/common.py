@@ -31,7 +31,7 @@ from ..mirror import (
 )
 from ..models import LIFECYCLE, Certificate, Device, DynamoOutbox, Product, WebhookEndpoint
 from ..prepared import column, quote, selection, table
-from .webhooks import EVENT_TYPES_BY_AUDIT_KIND, Subject, webhook_events_queue
+from .webhooks import EVENT_TYPES_BY_AUDIT_KIND, Subject, webhook_endpoints_enabled, webhook_events_queue
 
 DEFAULT_PRODUCT = "default"
 SYSTEM_ACTOR = "system"
@@ -309,7 +309,7 @@ def devices_transition_many(
         return len(updated)
     # Webhook events name each device's thing and product, when the kind has any and an endpoint is
     # enabled to receive them: a token run has none.
-    webhooks = kind in EVENT_TYPES_BY_AUDIT_KIND and WebhookEndpoint.objects.filter(enabled=True).exists()
+    webhooks = kind in EVENT_TYPES_BY_AUDIT_KIND and webhook_endpoints_enabled()
     events_record(
         [NewEvent(kind=kind, actor=actor, serial=serial, data=data) for serial in serials],
         subjects={

@@ -13,7 +13,7 @@ from django.utils import timezone
 from ..audit import NewEvent
 from ..bulk import db_datetime, db_json, insert_rows, rows_table
 from ..mirror import AssociationItemsJson
-from ..models import AuditKind, Device, DeviceState, Product, WebhookEndpoint
+from ..models import AuditKind, Device, DeviceState, Product
 from ..validators import (
     PRODUCT_NAME_MESSAGE,
     PRODUCT_NAME_RE,
@@ -24,7 +24,7 @@ from ..validators import (
     product_name_check,
 )
 from .common import DEFAULT_PRODUCT, ServiceError, events_record, outbox_insert, thing_name_for
-from .webhooks import Subject
+from .webhooks import Subject, webhook_endpoints_enabled
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ def devices_import(
         )
         # Webhook events name each device's thing and product; with no endpoint enabled (most imports)
         # there is nothing to name them for.
-        webhooks = WebhookEndpoint.objects.filter(enabled=True).exists()
+        webhooks = webhook_endpoints_enabled()
         subjects = (
             {row.serial: Subject(thing_name=thing_name_for(row.serial), product=row.product) for row in new_rows}
             if webhooks

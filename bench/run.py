@@ -163,20 +163,35 @@ def load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def proc_stat(pid: int | str) -> tuple[str, list[str]]:
+    """A process's name and the fields of /proc/PID/stat after it (Linux; the name may hold spaces and
+    parentheses, so it ends at the last ")"). Raises OSError when the process is gone."""
+    head, _, rest = Path(f"/proc/{pid}/stat").read_text().rpartition(")")
+    return head.partition("(")[2], rest.split()
+
+
+def proc_cpu_seconds(fields: list[str], *, reaped: bool) -> float:
+    """utime + stime of a process's stat fields, with its reaped children's when `reaped`."""
+    return sum(int(x) for x in fields[11 : 15 if reaped else 13]) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_children(pid: int) -> list[str]:
+    """The pids of a process's children (empty when it is gone)."""
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return []
+
+
 def server_cpu_seconds(process: subprocess.Popen) -> float:
     """CPU time of a server's master process (gunicorn's, nginx's) and its workers, those gone included
     (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
 
-    def times(pid: int, reaped: bool) -> float:
+    def times(pid: int | str, reaped: bool) -> float:
         with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return sum(int(x) for x in fields[11 : 15 if reaped else 13]) / tick
+            return proc_cpu_seconds(proc_stat(pid)[1], reaped=reaped)
         return 0.0
 
-    with contextlib.suppress(OSError):
-        workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-    return times(process.pid, reaped=True) + sum(times(int(pid), reaped=False) for pid in workers)
+    return times(process.pid, reaped=True) + sum(times(pid, reaped=False) for pid in proc_children(process.pid))
 
 
 def attacked_portal(
@@ -231,11 +246,8 @@ def proxied_portal(children: Children, env: dict[str, str], *, workers: int, thr
     tls = ensure_tls(WORK / "tls")
     upstream, https_port = free_port(), free_port()
     command = gunicorn_command(f"127.0.0.1:{upstream}", workers=workers, threads=threads)
-    gunicorn = children.start("portal", command, env=env)
-    wait_for_port(upstream, what="the portal", process=gunicorn)
-    time.sleep(1)  # the master forks its workers after it listens
     # Straight at gunicorn: nginx's connections to it need not reach every worker soon.
-    wait_for_workers(f"http://127.0.0.1:{upstream}", tls.ca_cert, workers, master=gunicorn)
+    started_gunicorn(children, env, command, upstream, f"http://127.0.0.1:{upstream}", tls.ca_cert, workers)
     directory = Path(tempfile.mkdtemp(prefix="nginx-", dir=WORK))
     values = nginx_values(tls, https_port=https_port, http_port=free_port(), upstream=f"127.0.0.1:{upstream}")
     conf = write_nginx_conf(directory, values)
@@ -259,14 +271,13 @@ def front_cpu_seconds(portal: dict[str, Any]) -> float:
 def postgres_cpu_seconds() -> float:
     """CPU time of every process named postgres (Linux /proc): the postmaster, with the backends it has
     reaped, and those still running."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    total = 0.0
+    for directory in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError):
-            head, _, rest = stat.read_text().rpartition(")")
-            if head.endswith("(postgres"):
-                total += sum(int(x) for x in rest.split()[11:15])
-    return total / tick
+            name, fields = proc_stat(directory.name)
+            if name == "postgres":
+                total += proc_cpu_seconds(fields, reaped=True)
+    return total
 
 
 def attacker_address(portal: dict[str, Any], address: str) -> list[str]:
@@ -509,12 +520,20 @@ def portal(children: Children, env: dict[str, str], *, workers: int, threads: in
     tls = ensure_tls(WORK / "tls")
     port = free_port()
     command = gunicorn_command(f"127.0.0.1:{port}", tls=tls, workers=workers, threads=threads)
+    url = f"https://127.0.0.1:{port}"
+    started_gunicorn(children, env, command, port, url, tls.ca_cert, workers)
+    return url, tls.ca_cert
+
+
+def started_gunicorn(
+    children: Children, env: dict[str, str], command: list[str], port: int, url: str, ca: Path, workers: int
+) -> subprocess.Popen:
+    """gunicorn started as the portal, once every one of its workers answers at `url`."""
     gunicorn = children.start("portal", command, env=env)
     wait_for_port(port, what="the portal", process=gunicorn)
     time.sleep(1)  # the master forks its workers after it listens
-    url = f"https://127.0.0.1:{port}"
-    wait_for_workers(url, tls.ca_cert, workers, master=gunicorn)
-    return url, tls.ca_cert
+    wait_for_workers(url, ca, workers, master=gunicorn)
+    return gunicorn
 
 
 BENCH_METRICS_TOKEN = "bench-metrics-token-0123456789abcdef"  # noqa: S105 (a local benchmark's, on loopback)
@@ -530,8 +549,8 @@ def wait_for_workers(url: str, ca: Path, workers: int, timeout: float = 60.0, ma
     expected = workers
     if master is not None:
         with contextlib.suppress(OSError):
-            pids = Path(f"/proc/{master.pid}/task/{master.pid}/children").read_text().split()
-            ticks = {Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] for pid in pids}
+            pids = proc_children(master.pid)
+            ticks = {proc_stat(pid)[1][19] for pid in pids}
             expected = min(workers, len(ticks)) if len(pids) == workers else workers
     seen: set[str] = set()
     deadline = time.monotonic() + timeout

@@ -8,7 +8,15 @@
 # Prints one line per round, tree and database: the seconds of import_serials and issue_tokens, and the
 # one-minute load average after them.
 set -euo pipefail
-before=$(cd "$1" && pwd) after=$(cd "$2" && pwd) rounds=${3:-2}
+refuse() { echo "ab_bulk.sh: $1 (usage: bench/ab_bulk.sh BEFORE AFTER [ROUNDS])" >&2; exit 2; }
+[ $# -ge 2 ] && [ $# -le 3 ] || refuse "expected two checkouts and an optional number of rounds"
+for tree in "$1" "$2"; do
+  [ -f "$tree/manage.py" ] && [ -x "$tree/.venv/bin/python" ] || refuse "$tree is not a checkout with its .venv"
+done
+rounds=${3:-2}
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || refuse "ROUNDS must be a whole number from 1, not '$rounds'"
+before=$(cd "$1" && pwd)
+after=$(cd "$2" && pwd)
 work=$(mktemp -d)
 database=cvm_ab_$$
 trap 'rm -rf "$work"; psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $database WITH (FORCE)" 2> /dev/null || true' EXIT

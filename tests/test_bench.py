@@ -150,3 +150,16 @@ def test_bench_run_reads_its_command_line_like_any_command(capsys):
         arguments(["--help"])
     assert exited.value.code == 0
     assert "--update" in capsys.readouterr().out
+
+
+def test_ab_bulk_refuses_bad_input_in_one_line_before_it_runs_anything(tmp_path):
+    import subprocess
+
+    from scripts.processes import ROOT
+
+    script = str(ROOT / "bench" / "ab_bulk.sh")
+    for args in ([], [str(tmp_path), "."], [".", ".", "0"], [".", ".", "two"], [".", ".", "1", "2"]):
+        result = subprocess.run([script, *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2, args
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert not result.stdout, "nothing was run"
